@@ -1,0 +1,65 @@
+"""Small, vectorised geometry helpers shared by the core, the models and the ROS layer.
+
+Warping of tensors lives with the models (kornia / ``grid_sample``); this module is numpy-first and
+cheap: pose distances, back-projection, inverse-depth plane sets.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+
+
+def pose_distance(T_ref: np.ndarray, T_meas: np.ndarray) -> Tuple[float, float, float]:
+    """DeepVideoMVS' pose distance between two camera-to-world poses.
+
+    Returns ``(combined, R_measure, t_measure)`` where ``R_measure = sqrt(2 (1 - min(3, trace(R)) / 3))``
+    of the relative rotation, ``t_measure`` the norm of the relative translation (metres) and
+    ``combined = sqrt(R_measure^2 + t_measure^2)``.
+    """
+    rel = np.linalg.inv(T_ref) @ T_meas
+    trace = float(np.trace(rel[:3, :3]))
+    r = float(np.sqrt(max(0.0, 2.0 * (1.0 - min(3.0, trace) / 3.0))))
+    t = float(np.linalg.norm(rel[:3, 3]))
+    return float(np.sqrt(r * r + t * t)), r, t
+
+
+def inverse_depth_planes(min_depth: float, max_depth: float, n: int) -> np.ndarray:
+    """``n`` depths uniform in inverse depth, from ``max_depth`` (index 0) to ``min_depth`` (index n-1).
+
+    Same order as DeepVideoMVS' ``depth_hypotheses``: ``1 / (1/max + i (1/min - 1/max) / (n-1))``.
+    """
+    if not (0 < min_depth < max_depth) or n < 2:
+        raise ValueError(f"need 0 < min_depth < max_depth and n >= 2, got {min_depth}, {max_depth}, {n}")
+    i = np.arange(n, dtype=np.float64)
+    return 1.0 / (1.0 / max_depth + i * (1.0 / min_depth - 1.0 / max_depth) / (n - 1))
+
+
+def pixel_grid(height: int, width: int) -> np.ndarray:
+    """Homogeneous pixel centres ``(3, H*W)`` in row-major order (u = column, v = row)."""
+    v, u = np.mgrid[0:height, 0:width].astype(np.float64)
+    return np.stack([u.ravel(), v.ravel(), np.ones(height * width)], axis=0)
+
+
+def backproject(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Points ``(H, W, 3)`` float32 in the camera optical frame; NaN depth gives NaN points."""
+    h, w = depth.shape
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    u = (np.arange(w, dtype=np.float32) - np.float32(cx)) / np.float32(fx)
+    v = (np.arange(h, dtype=np.float32) - np.float32(cy)) / np.float32(fy)
+    z = depth.astype(np.float32, copy=False)
+    out = np.empty((h, w, 3), dtype=np.float32)
+    np.multiply(z, u[None, :], out=out[..., 0])
+    np.multiply(z, v[:, None], out=out[..., 1])
+    out[..., 2] = z
+    return out
+
+
+def transform_points(T: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply a 4x4 transform to ``(..., 3)`` points."""
+    return points @ T[:3, :3].T + T[:3, 3]
+
+
+def relative_pose(T_world_a: np.ndarray, T_world_b: np.ndarray) -> np.ndarray:
+    """``T_a_b``: maps points in camera b to camera a."""
+    return np.linalg.inv(T_world_a) @ T_world_b

@@ -1,0 +1,58 @@
+"""Name -> estimator builder. Builders are imported lazily so that a missing optional dependency of
+one model never breaks the others (or the classical default)."""
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Callable, Dict, List, Optional
+
+from .base import DepthEstimator
+
+log = logging.getLogger(__name__)
+
+#: registry name -> "module:callable"; the callable takes (checkpoint=None, device="auto", **options)
+_BUILDERS: Dict[str, str] = {
+    "planesweep": "mvs_depth_ros.models.planesweep:build",
+    "dvmvs_pairnet": "mvs_depth_ros.models.dvmvs:build_pairnet",
+    "dvmvs_fusionnet": "mvs_depth_ros.models.dvmvs:build_fusionnet",
+    "patchmatchnet": "mvs_depth_ros.models.patchmatchnet:build",
+    "itermvs": "mvs_depth_ros.models.itermvs:build",
+    "mvsnet": "mvs_depth_ros.models.mvsnet:build",
+    "mvdepthnet": "mvs_depth_ros.models.mvdepthnet:build",
+}
+
+#: models that cannot run without weights (everything but the classical sweep)
+NEEDS_CHECKPOINT = frozenset(n for n in _BUILDERS if n != "planesweep")
+DEFAULT_MODEL = "planesweep"
+
+
+def available_models() -> List[str]:
+    return sorted(_BUILDERS)
+
+
+def _resolve(name: str) -> Callable[..., DepthEstimator]:
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+    module_name, attr = _BUILDERS[name].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RuntimeError(f"model {name!r} is not available in this install: {exc}") from exc
+    return getattr(module, attr)
+
+
+def create_model(name: str = DEFAULT_MODEL, checkpoint: Optional[str] = None, device: str = "auto",
+                 **options) -> DepthEstimator:
+    """Build an estimator by name.
+
+    A learned model with no checkpoint falls back to the classical plane sweep with a clear log line
+    (nothing is ever downloaded).
+    """
+    if name in NEEDS_CHECKPOINT and not checkpoint:
+        log.warning("model %r needs a checkpoint and none is configured: falling back to the classical "
+                    "'planesweep' estimator (set checkpoint to the published weights to use %s)", name, name)
+        name = "planesweep"
+    builder = _resolve(name)
+    if name == "planesweep":
+        return builder(device=device, **options)
+    return builder(checkpoint=checkpoint, device=device, **options)
