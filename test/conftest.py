@@ -1,0 +1,17 @@
+import os
+
+import pytest
+import torch
+
+from mvs_depth_ros.data.paths import shared_path
+
+# Tests run on 2-core CI machines: keep torch from oversubscribing them.
+torch.set_num_threads(int(os.environ.get("MVS_TEST_THREADS", "2")))
+
+
+def require_shared(*parts: str):
+    """Path inside the shared data folder, or skip the test saying what is missing."""
+    p = shared_path(*parts)
+    if p is None:
+        pytest.skip(f"shared data {'/'.join(parts)!r} not found (set MVS_DEPTH_SHARED or place ../shared beside the repo)")
+    return p
