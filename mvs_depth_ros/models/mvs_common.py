@@ -1,0 +1,183 @@
+"""Blocks and glue shared by the learned MVS models (PatchmatchNet, IterMVS, ...).
+
+* convolution blocks whose parameter names (``conv``, ``bn``) match the official checkpoints;
+* official image normalisation and resizing, projection matrices built from :class:`Frame` poses;
+* a bounded LRU cache for per-frame features keyed by ``Frame.uid``;
+* checkpoint loading into a module (strict, with readable errors).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Callable, Hashable, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..core.frame import Frame
+from .checkpoints import extract_state_dict, load_checkpoint, load_state_dict_strict
+
+
+# ----------------------------------------------------------------------------------------------- blocks
+class ConvBnReLU(nn.Module):
+    """``relu(bn(conv2d(x)))``, conv without bias. ``(B, Cin, H, W) -> (B, Cout, H/stride, W/stride)``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, pad: int = 1,
+                 dilation: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=pad,
+                              dilation=dilation, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)), inplace=True)
+
+
+class ConvBn(nn.Module):
+    """``bn(conv2d(x))``, conv without bias."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, pad: int = 1,
+                 dilation: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=pad,
+                              dilation=dilation, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+
+class ConvReLU(nn.Module):
+    """``relu(conv2d(x))``, conv without bias."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, pad: int = 1,
+                 dilation: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=pad,
+                              dilation=dilation, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.conv(x), inplace=True)
+
+
+class ConvBnReLU3D(nn.Module):
+    """``relu(bn3d(conv3d(x)))``, conv without bias. ``(B, Cin, D, H, W) -> (B, Cout, D', H', W')``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, pad: int = 1,
+                 dilation: int = 1):
+        super().__init__()
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=pad,
+                              dilation=dilation, bias=False)
+        self.bn = nn.BatchNorm3d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)), inplace=True)
+
+
+# ------------------------------------------------------------------------------------------ input glue
+def normalize_and_resize(image: np.ndarray, size: Optional[Tuple[int, int]], mode: str) -> np.ndarray:
+    """The official MVS loaders' image path, bit for bit: ``cv2.resize(INTER_LINEAR)`` of a *float*
+    image (never rounded back to uint8) and the model's normalisation.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB.
+        size: ``(width, height)`` target, or None to keep the size.
+        mode: ``"unit"``: ``x / 255`` (PatchmatchNet; the fixture shows the float image is resized
+            *before* the division); ``"signed"``: ``2 * x / 255 - 1`` then resize (IterMVS).
+    Returns:
+        ``(h, w, 3)`` float32.
+    """
+    if mode not in ("unit", "signed"):
+        raise ValueError(f"mode must be 'unit' or 'signed', got {mode!r}")
+    x = np.asarray(image, dtype=np.float32)
+    resize = size is not None and (x.shape[1], x.shape[0]) != (int(size[0]), int(size[1]))
+    if mode == "signed":
+        x = np.float32(2.0) * x / np.float32(255.0) - np.float32(1.0)
+    if resize:
+        x = cv2.resize(x, (int(size[0]), int(size[1])), interpolation=cv2.INTER_LINEAR)
+    if mode == "unit":
+        x = x / np.float32(255.0)
+    return x
+
+
+def image_tensor(image_hwc: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``(H, W, 3)`` float32 -> ``(1, 3, H, W)`` in channels_last memory, the layout the official
+    loaders hand to the network (a transposed numpy stack); CPU convolutions then take the same path."""
+    t = torch.from_numpy(np.ascontiguousarray(image_hwc, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0)
+    return t.to(device)
+
+
+def world_to_camera(T_world_cam: np.ndarray) -> np.ndarray:
+    """``inv(T_world_cam)`` (float64) with an exact last row: the MVSNet ``cam.txt`` extrinsics."""
+    E = np.linalg.inv(np.asarray(T_world_cam, dtype=np.float64))
+    E[3] = (0.0, 0.0, 0.0, 1.0)
+    return E
+
+
+def projection_matrix(K: np.ndarray, T_world_cam: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """``[[diag(s, s, 1) K @ E[:3, :4]], [0, 0, 0, 1]]`` as float32 (``E`` = world-to-camera).
+
+    ``scale`` rescales the first two rows of ``K`` (pixel-corner convention), e.g. ``1/8`` for a
+    feature map at 1/8 resolution. Computed in float64, then cast.
+    """
+    K_l = np.array(K, dtype=np.float64, copy=True)
+    K_l[:2] *= scale
+    P = world_to_camera(T_world_cam)
+    P[:3, :4] = K_l @ P[:3, :4]
+    return P.astype(np.float32)
+
+
+def check_frames(reference: Frame, measurements: Sequence[Frame], multiple: int, model: str) -> None:
+    """Readable errors for inputs a model cannot take (missing poses, sizes, no measurement frame)."""
+    if not measurements:
+        raise ValueError(f"{model}: needs at least one measurement frame")
+    for f in (reference, *measurements):
+        if not f.has_pose:
+            raise ValueError(f"{model}: frame {f.name!r} has no valid camera-to-world pose")
+        if (f.width, f.height) != (reference.width, reference.height):
+            raise ValueError(f"{model}: frame {f.name!r} is {f.width}x{f.height}, reference is "
+                             f"{reference.width}x{reference.height}; resize all frames to one working size")
+    if reference.width % multiple or reference.height % multiple:
+        raise ValueError(f"{model}: width and height must be multiples of {multiple}, got "
+                         f"{reference.width}x{reference.height} (e.g. use 320x256 or 640x480)")
+
+
+# --------------------------------------------------------------------------------------------- caching
+class LRUCache:
+    """A small bounded LRU map (per-frame features keyed by ``Frame.uid``). Never changes results:
+    values must be pure functions of the key's frame."""
+
+    def __init__(self, capacity: int = 16):
+        self.capacity = max(0, int(capacity))
+        self._data: "OrderedDict[Hashable, Any]" = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get_or_compute(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        if key in self._data:
+            self._data.move_to_end(key)
+            self.hits += 1
+            return self._data[key]
+        self.misses += 1
+        value = compute()
+        if self.capacity:
+            self._data[key] = value
+            while len(self._data) > self.capacity:
+                self._data.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def load_official_weights(module: nn.Module, checkpoint: str, what: str) -> None:
+    """Load a published checkpoint (``{'model': state_dict}`` with an optional ``module.`` prefix) into
+    ``module`` with ``strict=True``; mismatches raise :class:`CheckpointError` listing every key."""
+    state = extract_state_dict(load_checkpoint(checkpoint))
+    load_state_dict_strict(module, state, what=what)
