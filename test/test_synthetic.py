@@ -137,6 +137,15 @@ def test_write_scene_round_trip(seq, tmp_path):
         mm = cv2.imread(str(out / "depth" / f"{f.name}.png"), cv2.IMREAD_UNCHANGED)
         assert mm.dtype == np.uint16
         np.testing.assert_allclose(mm / 1000.0, f.depth_gt, atol=0.0005 + 1e-7)
+    # and through the project's reader of that layout
+    from mvs_depth_ros.data.scenes import load_scene
+    scene = load_scene(out)
+    assert scene.names == [f.name for f in frames]
+    for i, f in enumerate(frames):
+        g = scene.frame(i)
+        np.testing.assert_array_equal(g.image, f.image)
+        np.testing.assert_array_equal(g.T_world_cam, f.T_world_cam)
+        np.testing.assert_allclose(g.depth_gt, f.depth_gt, atol=0.0005 + 1e-7)
 
 
 def test_depth_to_mm_invalid_is_zero():

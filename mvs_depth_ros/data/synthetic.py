@@ -195,8 +195,8 @@ def make_scene(seed: int = 0, texel_size: float = 0.008, moving_object: bool = F
                room: Room = Room()) -> SyntheticScene:
     """The default room with six boxes, positions jittered and textures drawn from ``seed``.
 
-    ``moving_object`` adds a box that slides sideways across the room (~1.5 cm per frame) in front of
-    the far wall: depth and disparity stay exact, only the static-scene assumption breaks.
+    ``moving_object`` adds a floating box that slides sideways (+y, 1.5 cm per frame) through the view
+    in front of the far wall: depth and disparity stay exact, only the static-scene assumption breaks.
     """
     if texel_size <= 0:
         raise ValueError(f"texel_size must be > 0, got {texel_size}")
