@@ -12,8 +12,8 @@ One reference image and one source image with a known relative pose, at 320x256:
 Module and parameter names match the official ``depthNet`` so its checkpoint (``{'state_dict': ...}``, bare keys,
 written by PyTorch 0.3 without the BatchNorm ``num_batches_tracked`` buffers) loads with ``strict=True``.
 
-The plane-sweep helpers (homography pixels, grid normalisation, resampling, frame checks) come from
-:mod:`mvs_depth_ros.models.mvsnet`.
+The sampling convention differs from MVSNet's (shared ``warping.py``): ``+1e-6`` on the projected depth and
+``(x - W/2) / (W/2)`` normalisation, so the grid is built here (:func:`plane_sweep_grid`); the pixel lattice is shared.
 """
 from __future__ import annotations
 
@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from ..core.frame import DepthResult, Frame
 from .base import DepthEstimator
 from .checkpoints import extract_state_dict, load_checkpoint, load_state_dict_strict
-from .mvsnet import (check_frames, homogeneous_pixels, images_to_tensor, network_size, pixels_to_grid,
-                     plane_sweep_pixels, resample_to_reference, warp_to_planes, window_confidence)
+from .mvs_common import check_frames
+from .mvsnet import window_confidence
+from .warping import homogeneous_pixel_grid
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,32 @@ def normalize_images(images: torch.Tensor) -> torch.Tensor:
     return ((images.double() - PIXEL_MEAN) / PIXEL_STD).float()
 
 
+def plane_sweep_grid(rays: torch.Tensor, trans: torch.Tensor, depths: torch.Tensor, height: int, width: int,
+                     ) -> torch.Tensor:
+    """MVDepthNet's plane-sweep sampling grid.
+
+    Args:
+        rays: ``(B, 3, H*W)`` ``K R K^-1 (x, y, 1)`` of the reference pixels (row-major, integer indices).
+        trans: ``(B, 3)`` ``K t`` (reference camera -> source camera).
+        depths: ``(B, D)`` plane depths in metres.
+    Returns:
+        ``(B, D, H, W, 2)``: ``uv = X[:2] / (X[2] + 1e-6)`` with ``X = rays * d + trans`` (no mask for ``z <= 0``),
+        normalised as ``(u - W/2) / (W/2)``, ``(v - H/2) / (H/2)`` (the trained model's convention: with
+        ``align_corners=True`` it samples ``u (W-1)/W``).
+    """
+    B, D = depths.shape
+    X = rays.unsqueeze(2) * depths[:, None, :, None] + trans[:, :, None, None]       # (B, 3, D, H*W)
+    uv = X[:, :2] / (X[:, 2:3] + 1e-6)
+    gx = (uv[:, 0] - width / 2) / (width / 2)
+    gy = (uv[:, 1] - height / 2) / (height / 2)
+    return torch.stack((gx, gy), dim=-1).view(B, D, height, width, 2)
+
+
 def pair_rays(K: torch.Tensor, ref_to_src: torch.Tensor, height: int, width: int):
     """Homography parts for sources ``S``: ``K (S, 3, 3)`` (float64), ``ref_to_src (S, 4, 4)`` maps reference-camera
     points to source-camera points. Returns ``KRKiUV (S, 3, H*W)`` and ``KT (S, 3)`` in float32 (computed in
     float64, like the official numpy code). Pixel order is row-major (x = column)."""
-    pix = homogeneous_pixels(height, width, K.device, torch.float64)
+    pix = homogeneous_pixel_grid(height, width, device=K.device, dtype=torch.float64)
     KRKi = K @ ref_to_src[:, :3, :3] @ torch.linalg.inv(K)
     return (KRKi @ pix).float(), (K @ ref_to_src[:, :3, 3:4])[..., 0].float()
 
@@ -132,11 +154,11 @@ class MVDepthNet(nn.Module):
         depths = self.plane_depths.to(left.dtype)[None].expand(B, -1)
         total = None
         for s in range(S):
-            uv = plane_sweep_pixels(KRKiUV[:, s], KT[:, s], depths, eps=1e-6)            # (B, D, H*W, 2)
-            grid = pixels_to_grid(uv, H, W, "half_size").view(B, N_PLANES, H, W, 2)
-            warped = warp_to_planes(right[:, s], grid, self.align_corners)             # (B, 3, D, H, W)
-            cost = (warped - left[:, :, None]).abs_().sum(dim=1)
-            del warped, grid, uv
+            grid = plane_sweep_grid(KRKiUV[:, s], KT[:, s], depths, H, W)              # (B, D, H, W, 2)
+            warped = F.grid_sample(right[:, s], grid.view(B, N_PLANES * H, W, 2), mode="bilinear",
+                                   padding_mode="zeros", align_corners=self.align_corners)
+            cost = (warped.view(B, 3, N_PLANES, H, W) - left[:, :, None]).abs_().sum(dim=1)
+            del warped, grid
             total = cost if total is None else total.add_(cost)
         return total if S == 1 else total.div_(S)
 
@@ -200,8 +222,8 @@ class MVDepthNetEstimator(DepthEstimator):
 
     * One measurement frame, as in the paper. With several, the per-source cost volumes are averaged before the
       network (the official README's suggestion for multi-view input; checked against the fixture's two-source run).
-    * Frames are used at their working resolution when both sides are multiples of 32 (the trained size is 320x256),
-      else resized to the nearest such size; the output is resampled back to the reference resolution.
+    * Width and height must be multiples of 32; the model was trained at 320x256 (its normalisation constants and
+      receptive field assume that size), so use 320x256 as the working resolution.
     * ``channel_order``: the official ``example2.py`` feeds OpenCV's BGR; its sample data and DeepVideoMVS' MVDepthNet
       baseline use RGB, which is the likelier training order, so RGB is the default. Normalisation ``(x - 81) / 35``.
     * Planes are fixed by the model (64, inverse depth, 0.5 to 50 m). Depth = 1 / disp1; pixels outside
@@ -230,10 +252,12 @@ class MVDepthNetEstimator(DepthEstimator):
         self.temperature = float(confidence_temperature)
 
     def _images(self, frames: Sequence[Frame]) -> torch.Tensor:
-        imgs = images_to_tensor(frames, self.device)                                   # (V, 3, H, W) RGB
+        """``(V, 3, H, W)`` normalised network input, C-contiguous, in the configured channel order."""
+        arr = np.stack([f.image for f in frames])                                       # (V, H, W, 3) RGB
         if self.channel_order == "bgr":
-            imgs = imgs.flip(1).contiguous()
-        return normalize_images(imgs)
+            arr = arr[..., ::-1]
+        imgs = torch.from_numpy(np.ascontiguousarray(arr.transpose(0, 3, 1, 2))).to(self.device)
+        return normalize_images(imgs).contiguous()
 
     def confidence(self, cost: torch.Tensor, disp: torch.Tensor, KRKiUV: torch.Tensor, KT: torch.Tensor) -> torch.Tensor:
         """``cost (1, 64, H, W)``, ``disp (1, 1, H, W)``, ``KRKiUV (S, 3, H*W)``, ``KT (S, 3)`` -> ``(H, W)`` in [0, 1]."""
@@ -250,30 +274,27 @@ class MVDepthNetEstimator(DepthEstimator):
     @torch.inference_mode()
     def estimate(self, reference: Frame, measurements: Sequence[Frame], state=None) -> DepthResult:
         t0 = time.perf_counter()
-        check_frames(reference, measurements)
-        net_w, net_h = network_size(reference.width, reference.height, 32)
-        frames = [f.resized(net_w, net_h) for f in (reference, *measurements)]
+        check_frames(reference, measurements, 32, "MVDepthNet")
+        frames = [reference, *measurements]
+        H, W = reference.height, reference.width
         imgs = self._images(frames)
         K = torch.from_numpy(np.stack([f.K for f in frames[1:]])).to(self.device)
         T_ref = frames[0].T_world_cam
         ref_to_src = np.stack([np.linalg.inv(f.T_world_cam) @ T_ref for f in frames[1:]])
-        KRKiUV, KT = pair_rays(K, torch.from_numpy(ref_to_src).to(self.device), net_h, net_w)
+        KRKiUV, KT = pair_rays(K, torch.from_numpy(ref_to_src).to(self.device), H, W)
         left = imgs[:1]
         cost = self.model.cost_volume(left, imgs[None, 1:], KRKiUV[None], KT[None])     # (1, 64, H, W)
         disp = self.model.forward_volume(left, cost)[0]                                  # (1, 1, H, W)
         conf = self.confidence(cost, disp, KRKiUV, KT)
-        maps = torch.stack((disp[0, 0], conf))[None]
-        maps = resample_to_reference(maps, (reference.height, reference.width),
-                                     (net_w / reference.width, net_h / reference.height))
-        disp_np = maps[0, 0].float().cpu().numpy()
-        conf_np = maps[0, 1].float().clamp(0.0, 1.0).cpu().numpy()
+        disp_np = disp[0, 0].float().cpu().numpy()
+        conf_np = conf.float().clamp(0.0, 1.0).cpu().numpy()
         with np.errstate(divide="ignore", invalid="ignore"):
             depth = (1.0 / disp_np).astype(np.float32)
         bad = ~(np.isfinite(depth) & (depth >= self.min_depth) & (depth <= self.max_depth))
         depth[bad] = np.nan
         conf_np[bad] = 0.0
         return DepthResult(depth=depth, confidence=conf_np.astype(np.float32), K=reference.K.copy(), state=state,
-                           info={"model": self.name, "n_sources": len(measurements), "network_size": (net_w, net_h),
+                           info={"model": self.name, "n_sources": len(measurements),
                                  "ms": 1000.0 * (time.perf_counter() - t0)})
 
 

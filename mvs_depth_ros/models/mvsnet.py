@@ -6,7 +6,7 @@ planes uniform in depth (``D`` divisible by 8):
 
 1. ``FeatureNet``: 8-layer 2-D CNN, ``(V, 3, H, W)`` RGB in [0, 1] -> ``(V, 32, H/4, W/4)``.
 2. Differentiable homography: every source feature map is warped onto every plane of the reference camera
-   (``plane_sweep_pixels`` + ``pixels_to_grid`` + ``grid_sample``).
+   (``grid_sample`` at the projected pixel).
 3. Variance cost metric over the ``V`` (warped) feature volumes -> ``(B, 32, D, H/4, W/4)``.
 4. ``CostRegNet``: 3-D U-Net -> one logit per plane; ``softmax`` over planes = probability volume.
 5. Depth = expectation of the plane depths; photometric confidence = probability mass of the 4 planes
@@ -17,16 +17,14 @@ Module and parameter names match the official code, so its checkpoints (``nn.Dat
 official ``train.py``/``eval.py`` build and what the published checkpoint holds; ``refine=True`` adds the
 ``refine_network.*`` parameters (the official forward pass for it cannot run, see :class:`RefineNet`).
 
-This module also holds the small, general plane-sweep helpers that :mod:`mvs_depth_ros.models.mvdepthnet` imports
-(``plane_sweep_pixels``, ``pixels_to_grid``, ``resample_to_reference``, frame preparation). They are candidates for
-the shared ``models/warping.py``.
+Warping uses the shared :mod:`mvs_depth_ros.models.warping` (MVSNet's own conventions: integer pixel indices,
+``(W-1)/2`` normalisation, no depth mask); the conv blocks come from :mod:`mvs_depth_ros.models.mvs_common`.
 """
 from __future__ import annotations
 
-import collections
 import logging
 import time
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -36,100 +34,38 @@ import torch.nn.functional as F
 from ..core.frame import DepthResult, Frame
 from .base import DepthEstimator
 from .checkpoints import extract_state_dict, load_checkpoint, load_state_dict_strict
+from .mvs_common import ConvBnReLU, ConvBnReLU3D, LRUCache, check_frames, normalize_and_resize, world_to_camera
+from .warping import project_depth_hypotheses, relative_projection
 
 log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# General plane-sweep helpers (shared with mvdepthnet.py)
+# Helpers
 # ----------------------------------------------------------------------------------------------------------------
-
-_PIXEL_CACHE: Dict[Tuple[int, int, str, torch.dtype], torch.Tensor] = {}
-
-
-def homogeneous_pixels(height: int, width: int, device: torch.device | str = "cpu",
-                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Integer pixel indices ``(3, H*W)`` as ``(x, y, 1)`` in row-major order (x = column; no +0.5). Cached."""
-    key = (int(height), int(width), str(device), dtype)
-    pix = _PIXEL_CACHE.get(key)
-    if pix is None:
-        y, x = torch.meshgrid(torch.arange(height, dtype=dtype, device=device),
-                              torch.arange(width, dtype=dtype, device=device), indexing="ij")
-        pix = torch.stack((x.reshape(-1), y.reshape(-1), torch.ones_like(x).reshape(-1)))
-        _PIXEL_CACHE[key] = pix
-    return pix
-
-
-def plane_sweep_pixels(rays: torch.Tensor, trans: torch.Tensor, depths: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
-    """Source-image pixel coordinates of reference pixels placed on fronto-parallel depth planes.
-
-    With the homography ``X = (K_s R K_r^-1 p) * d + K_s t`` for the reference pixel ``p = (x, y, 1)``:
-
-    Args:
-        rays: ``(B, 3, N)`` the rotated rays ``K_s R K_r^-1 p`` of the ``N`` reference pixels.
-        trans: ``(B, 3)`` ``K_s t`` (reference camera -> source camera translation, in source pixels).
-        depths: ``(B, D)`` plane depths (metres, along the reference optical axis).
-        eps: added to the projected ``z`` before the division (MVSNet: 0, MVDepthNet: 1e-6). No mask for ``z <= 0``.
-
-    Returns:
-        ``(B, D, N, 2)`` source pixel coordinates ``(u, v)``.
-    """
-    X = rays.unsqueeze(2) * depths[:, None, :, None] + trans[:, :, None, None]       # (B, 3, D, N)
-    z = X[:, 2:3] + eps if eps else X[:, 2:3]
-    uv = X[:, :2] / z                                                                # (B, 2, D, N)
-    return uv.permute(0, 2, 3, 1)
-
-
-def pixels_to_grid(uv: torch.Tensor, height: int, width: int, convention: str = "corners") -> torch.Tensor:
-    """Pixel coordinates ``(..., 2)`` -> ``grid_sample`` coordinates in [-1, 1].
-
-    ``convention="corners"``: ``x / ((W-1)/2) - 1`` (MVSNet; with ``align_corners=True`` this samples exactly at
-    pixel ``x``). ``convention="half_size"``: ``(x - W/2) / (W/2)`` (MVDepthNet/DVMVS; with ``align_corners=True``
-    it samples pixel ``x (W-1)/W``, a sub-pixel quirk of the trained models that we keep).
-    """
-    if convention == "corners":
-        gx = uv[..., 0] / ((width - 1) / 2) - 1
-        gy = uv[..., 1] / ((height - 1) / 2) - 1
-    elif convention == "half_size":
-        gx = (uv[..., 0] - width / 2) / (width / 2)
-        gy = (uv[..., 1] - height / 2) / (height / 2)
-    else:
-        raise ValueError(f"unknown grid convention {convention!r}")
-    return torch.stack((gx, gy), dim=-1)
-
-
-def warp_to_planes(src: torch.Tensor, grid: torch.Tensor, align_corners: bool) -> torch.Tensor:
-    """Bilinear sampling of a source map on every plane: ``(B, C, h, w)`` + grid ``(B, D, H, W, 2)`` ->
-    ``(B, C, D, H, W)`` (zeros outside the source image)."""
-    B, D, H, W, _ = grid.shape
-    out = F.grid_sample(src, grid.reshape(B, D * H, W, 2), mode="bilinear", padding_mode="zeros",
-                        align_corners=align_corners)
-    return out.view(B, src.shape[1], D, H, W)
-
 
 _RESAMPLE_CACHE: Dict[tuple, torch.Tensor] = {}
 
 
 def resample_to_reference(maps: torch.Tensor, out_hw: Tuple[int, int], scale_xy: Tuple[float, float],
                           mode: str = "bilinear") -> torch.Tensor:
-    """Bring maps computed on a coarser/other pixel lattice back to the reference image.
+    """Bring maps computed on a coarser pixel lattice back to the reference image.
 
     ``maps`` ``(B, C, h, w)`` where map pixel ``(i, j)`` sits at reference pixel ``(j / sx, i / sy)`` (the
-    pixel-corner convention of :func:`mvs_depth_ros.core.frame.scale_intrinsics`: ``u_map = u_ref * s``).
-    Returns ``(B, C, H_out, W_out)``; outside the map lattice the border value is repeated. The sampling grid is cached.
+    pixel-corner convention of :func:`mvs_depth_ros.core.frame.scale_intrinsics`, ``u_map = u_ref * s``; MVSNet's
+    1/4-resolution output with ``K/4`` has ``s = 1/4``). Returns ``(B, C, H_out, W_out)``; beyond the last map pixel
+    the border value is repeated. The sampling grid is cached per size and scale.
     """
     H, W = out_hw
     h, w = maps.shape[-2:]
     sx, sy = scale_xy
-    if (h, w) == (H, W) and sx == 1.0 and sy == 1.0:
-        return maps
     key = (H, W, h, w, float(sx), float(sy), str(maps.device), maps.dtype)
     grid = _RESAMPLE_CACHE.get(key)
     if grid is None:
         u = torch.arange(W, dtype=torch.float64) * sx
         v = torch.arange(H, dtype=torch.float64) * sy
-        gx = (u / ((w - 1) / 2) - 1) if w > 1 else torch.zeros_like(u)
-        gy = (v / ((h - 1) / 2) - 1) if h > 1 else torch.zeros_like(v)
+        gx = u / ((w - 1) / 2) - 1 if w > 1 else torch.zeros_like(u)
+        gy = v / ((h - 1) / 2) - 1 if h > 1 else torch.zeros_like(v)
         grid = torch.stack(torch.broadcast_tensors(gx[None, :], gy[:, None]), dim=-1)
         grid = grid.to(device=maps.device, dtype=maps.dtype)[None]
         _RESAMPLE_CACHE[key] = grid
@@ -137,58 +73,20 @@ def resample_to_reference(maps: torch.Tensor, out_hw: Tuple[int, int], scale_xy:
                          align_corners=True)
 
 
-def check_frames(reference: Frame, measurements: Sequence[Frame]) -> None:
-    """Every frame posed and of the reference's size; at least one measurement frame."""
-    if not measurements:
-        raise ValueError("need at least one measurement frame")
-    for f in (reference, *measurements):
-        if not f.has_pose:
-            raise ValueError(f"frame {f.name!r} has no valid pose (T_world_cam)")
-        if (f.width, f.height) != (reference.width, reference.height):
-            raise ValueError(f"frame {f.name!r} is {f.width}x{f.height}, reference is "
-                             f"{reference.width}x{reference.height}: frames must share the working resolution")
-
-
-def network_size(width: int, height: int, multiple: int) -> Tuple[int, int]:
-    """The nearest size (at least ``multiple``) whose sides are multiples of ``multiple``."""
-    return (max(multiple, int(round(width / multiple)) * multiple),
-            max(multiple, int(round(height / multiple)) * multiple))
-
-
-def images_to_tensor(frames: Sequence[Frame], device: torch.device) -> torch.Tensor:
-    """RGB uint8 frames -> ``(V, 3, H, W)`` float32 in [0, 255], C-contiguous (the conv kernel path depends on it)."""
-    arr = np.stack([f.image for f in frames])                                       # (V, H, W, 3)
-    t = torch.from_numpy(arr).to(device=device).permute(0, 3, 1, 2)
-    return t.to(torch.float32).contiguous()
+def feature_projection_matrices(K: np.ndarray, T_world_cam: np.ndarray) -> np.ndarray:
+    """MVSNet projection matrices at feature resolution (1/4), float64: ``K (V, 3, 3)`` of the input images and
+    camera-to-world poses ``(V, 4, 4)`` -> ``(V, 4, 4)`` with ``P[:3, :4] = K' @ inv(T)[:3, :4]``, where ``K'`` is ``K``
+    with its first two rows divided by 4 (the official ``read_cam_file``: cx, cy / 4 too, no half-pixel shift)."""
+    K4 = np.array(K, dtype=np.float64)
+    K4[:, :2, :] /= 4.0
+    P = np.tile(np.eye(4), (K4.shape[0], 1, 1))
+    P[:, :3, :4] = K4 @ np.stack([world_to_camera(T) for T in T_world_cam])[:, :3, :4]
+    return P
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Network
 # ----------------------------------------------------------------------------------------------------------------
-
-class ConvBnReLU(nn.Module):
-    """Conv2d (no bias) -> BatchNorm2d -> ReLU. ``(B, C_in, H, W) -> (B, C_out, H/stride, W/stride)``."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, pad: int = 1):
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=pad, bias=False)
-        self.bn = nn.BatchNorm2d(out_channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn(self.conv(x)), inplace=True)
-
-
-class ConvBnReLU3D(nn.Module):
-    """Conv3d (no bias) -> BatchNorm3d -> ReLU. ``(B, C_in, D, H, W) -> (B, C_out, D/s, H/s, W/s)``."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, pad: int = 1):
-        super().__init__()
-        self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=pad, bias=False)
-        self.bn = nn.BatchNorm3d(out_channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn(self.conv(x)), inplace=True)
-
 
 def _deconv_bn_relu_3d(in_channels: int, out_channels: int) -> nn.Sequential:
     """ConvTranspose3d(k3, s2, p1, op1, no bias) -> BN -> ReLU: doubles D, H and W (keys ``.0.weight``, ``.1.*``)."""
@@ -272,19 +170,6 @@ class RefineNet(nn.Module):
         return depth_init + self.res(self.conv3(self.conv2(self.conv1(x))))
 
 
-def relative_projections(proj_matrices: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``src_proj @ inverse(ref_proj)`` split into the homography parts.
-
-    Args:
-        proj_matrices: ``(B, V, 4, 4)`` with ``P[:3, :4] = K @ [R|t]`` (world-to-camera, K at feature resolution),
-            reference first. Computed in the given dtype (the official code: float32).
-    Returns:
-        ``rot (B, V-1, 3, 3)`` and ``trans (B, V-1, 3)``.
-    """
-    rel = proj_matrices[:, 1:] @ torch.inverse(proj_matrices[:, :1])
-    return rel[..., :3, :3], rel[..., :3, 3]
-
-
 def expected_value(prob: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """``sum_d prob[:, d] * values[:, d]``: ``(B, D, h, w)`` and ``(B, D)`` -> ``(B, h, w)``."""
     return torch.sum(prob * values[:, :, None, None], dim=1)
@@ -319,17 +204,20 @@ class MVSNet(nn.Module):
         if refine:
             self.refine_network = RefineNet()
 
-    def homography_grids(self, rot: torch.Tensor, trans: torch.Tensor, depth_values: torch.Tensor,
-                         height: int, width: int) -> torch.Tensor:
-        """Sampling grids ``(B, S, D, h, w, 2)`` in [-1, 1] for ``S`` sources from ``rot (B, S, 3, 3)``,
-        ``trans (B, S, 3)`` and ``depth_values (B, D)`` at feature resolution ``h x w``."""
-        B, S = rot.shape[:2]
-        pix = homogeneous_pixels(height, width, rot.device, rot.dtype)                  # (3, h*w)
-        rays = torch.matmul(rot.reshape(B * S, 3, 3), pix)                              # (B*S, 3, h*w)
-        dv = depth_values.repeat_interleave(S, dim=0)                                   # (B*S, D)
-        uv = plane_sweep_pixels(rays, trans.reshape(B * S, 3), dv)                       # (B*S, D, h*w, 2)
-        grid = pixels_to_grid(uv, height, width, "corners")
-        return grid.view(B, S, depth_values.shape[1], height, width, 2)
+    @staticmethod
+    def homography_grids(proj_matrices: torch.Tensor, depth_values: torch.Tensor, height: int, width: int,
+                         dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Sampling grids ``(B, V-1, D, h, w, 2)`` in [-1, 1] (``align_corners=True`` normalisation ``x/((w-1)/2) - 1``)
+        of every source for every plane. ``proj_matrices (B, V, 4, 4)`` reference first, ``K`` at feature resolution
+        ``h x w``; the relative projection ``src @ inverse(ref)`` is computed in their dtype (official: float32), the
+        rest in ``dtype``. Like the official code: integer pixel indices, no epsilon and no mask for ``z <= 0``."""
+        B, V = proj_matrices.shape[:2]
+        D = depth_values.shape[1]
+        planes = depth_values.to(dtype)[:, :, None, None].expand(B, D, height, width)
+        grids = [project_depth_hypotheses(relative_projection(proj_matrices[:, s], proj_matrices[:, 0]).to(dtype),
+                                          planes, (height, width), min_z=float("-inf"))
+                 for s in range(1, V)]                                                   # each (B, D*h, w, 2)
+        return torch.stack(grids, dim=1).view(B, V - 1, D, height, width, 2)
 
     def variance_volume(self, features: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
         """Variance cost metric. ``features (B, V, C, h, w)`` (reference first), ``grids (B, V-1, D, h, w, 2)``
@@ -340,7 +228,8 @@ class MVSNet(nn.Module):
         volume_sum = ref.expand(B, C, D, h, w).clone()
         volume_sq_sum = ref.pow(2).expand(B, C, D, h, w).clone()
         for s in range(V - 1):
-            warped = warp_to_planes(features[:, s + 1], grids[:, s], self.align_corners)
+            warped = F.grid_sample(features[:, s + 1], grids[:, s].reshape(B, D * h, w, 2), mode="bilinear",
+                                   padding_mode="zeros", align_corners=self.align_corners).view(B, C, D, h, w)
             volume_sum += warped
             volume_sq_sum += warped.pow_(2)
             del warped
@@ -363,9 +252,7 @@ class MVSNet(nn.Module):
         """Everything after FeatureNet. ``features (B, V, 32, h, w)``, ``proj_matrices (B, V, 4, 4)`` (float32 as in
         the official code, or float64 for a more exact homography), ``depth_values (B, D)``."""
         h, w = features.shape[-2:]
-        rot, trans = relative_projections(proj_matrices)
-        grids = self.homography_grids(rot.to(features.dtype), trans.to(features.dtype),
-                                      depth_values.to(features.dtype), h, w)
+        grids = self.homography_grids(proj_matrices, depth_values, h, w, features.dtype)
         volume = self.variance_volume(features, grids)
         del grids
         return self.regress(volume, depth_values.to(features.dtype))
@@ -415,8 +302,7 @@ class MVSNetEstimator(DepthEstimator):
     """MVSNet behind the :class:`DepthEstimator` interface.
 
     Uses every given measurement frame (the official evaluation: reference + 2..4 sources; 3 is the default here).
-    Frames are used at the working resolution when both sides are multiples of 32, else resized to the nearest such
-    size (intrinsics rescaled). Images: RGB / 255, as in the official data loader.
+    Width and height must be multiples of 32 (e.g. 320x256). Images: RGB / 255, as in the official data loader.
 
     Planes: ``n_planes`` uniform in *depth* from ``min_depth`` to ``max_depth`` (the official ``depth_values``).
     Memory and time grow linearly with ``n_planes x (H/4) x (W/4)``: at 320x256 the float32 variance volume alone
@@ -430,8 +316,8 @@ class MVSNetEstimator(DepthEstimator):
     confidence > 0.8 (``DepthResult.filtered(0.8)``). ``refine=True`` (checkpoint with ``refine_network.*``) outputs
     the paper's refined depth instead (no official reference exists for that path).
 
-    FeatureNet outputs are cached by ``Frame.uid`` (``feature_cache`` entries), so a keyframe reused as a
-    measurement frame is not re-encoded.
+    FeatureNet outputs are cached by ``Frame.uid`` (``feature_cache`` entries, ~650 kB each at 320x256), so a
+    keyframe reused as a measurement frame is not re-encoded.
     """
 
     name = "mvsnet"
@@ -448,51 +334,34 @@ class MVSNetEstimator(DepthEstimator):
         interval = (self.max_depth - self.min_depth) / (self.n_planes - 1)
         dv = self.min_depth + interval * np.arange(self.n_planes, dtype=np.float64)
         self.depth_values = torch.from_numpy(dv.astype(np.float32)).to(self.device)[None]  # (1, D)
-        self._features: "collections.OrderedDict[Tuple[int, int, int], torch.Tensor]" = collections.OrderedDict()
-        self._feature_cache = int(feature_cache)
+        self.cache = LRUCache(feature_cache)
 
-    def _encode(self, frames: Sequence[Frame]) -> torch.Tensor:
-        """``(V, 32, H/4, W/4)`` features, re-using cached ones (keyed by uid and size)."""
-        keys = [(f.uid, f.width, f.height) for f in frames]
-        todo = [i for i, k in enumerate(keys) if k not in self._features]
-        if todo:
-            imgs = images_to_tensor([frames[i] for i in todo], self.device) / 255.0
-            feats = self.model.feature(imgs)
-            for j, i in enumerate(todo):
-                self._features[keys[i]] = feats[j]
-        for k in keys:
-            self._features.move_to_end(k)
-        feats = torch.stack([self._features[k] for k in keys])
-        while len(self._features) > max(self._feature_cache, len(frames)):
-            self._features.popitem(last=False)
-        return feats
+    def _image(self, frame: Frame) -> torch.Tensor:
+        """``(1, 3, H, W)`` RGB / 255 float32, C-contiguous (the official eval loader's values)."""
+        img = normalize_and_resize(frame.image, None, "unit")
+        return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].to(self.device)
+
+    def _features(self, frame: Frame) -> torch.Tensor:
+        """``(32, H/4, W/4)`` FeatureNet output, cached by ``Frame.uid``."""
+        return self.cache.get_or_compute(frame.uid, lambda: self.model.feature(self._image(frame))[0])
 
     @torch.inference_mode()
     def estimate(self, reference: Frame, measurements: Sequence[Frame], state=None) -> DepthResult:
         t0 = time.perf_counter()
-        check_frames(reference, measurements)
+        check_frames(reference, measurements, 32, "MVSNet")
         frames: List[Frame] = [reference, *measurements]
-        net_w, net_h = network_size(reference.width, reference.height, 32)
-        frames = [f.resized(net_w, net_h) for f in frames]
-        feats = self._encode(frames)                                                    # (V, 32, h, w)
-        K4 = np.stack([f.K for f in frames]).copy()
-        K4[:, :2, :] /= 4.0                                                              # official read_cam_file
-        P = np.tile(np.eye(4), (len(frames), 1, 1))
-        P[:, :3, :4] = K4 @ np.linalg.inv(np.stack([f.T_world_cam for f in frames]))[:, :3, :4]
+        feats = torch.stack([self._features(f) for f in frames])                        # (V, 32, h, w)
+        P = feature_projection_matrices(np.stack([f.K for f in frames]), np.stack([f.T_world_cam for f in frames]))
         proj = torch.from_numpy(P).to(self.device)[None]                                # float64 homography
         out = self.model.forward_features(feats[None], proj, self.depth_values)
         depth = out["depth"]
         if self.model.refine:
-            img = images_to_tensor(frames[:1], self.device) / 255.0
-            depth = self.model.refine_depth(img, depth, self.depth_values)
+            depth = self.model.refine_depth(self._image(reference), depth, self.depth_values)
         maps = torch.stack((depth, out["photometric_confidence"]), dim=1)               # (1, 2, h, w)
+        K = reference.K.copy()
         if self.full_resolution:
-            h, w = maps.shape[-2:]
-            maps = resample_to_reference(maps, (reference.height, reference.width),
-                                         (net_w / reference.width / 4.0, net_h / reference.height / 4.0))
-            K = reference.K.copy()
+            maps = resample_to_reference(maps, (reference.height, reference.width), (0.25, 0.25))
         else:
-            K = frames[0].K.copy()
             K[:2, :] /= 4.0
         depth_np = maps[0, 0].float().cpu().numpy()
         conf_np = maps[0, 1].float().clamp(0.0, 1.0).cpu().numpy()
@@ -501,7 +370,7 @@ class MVSNetEstimator(DepthEstimator):
         conf_np[bad] = 0.0
         return DepthResult(depth=depth_np.astype(np.float32), confidence=conf_np.astype(np.float32), K=K, state=state,
                            info={"model": self.name, "n_planes": self.n_planes, "n_views": len(frames),
-                                 "network_size": (net_w, net_h), "ms": 1000.0 * (time.perf_counter() - t0)})
+                                 "ms": 1000.0 * (time.perf_counter() - t0)})
 
 
 def build(checkpoint: Optional[str] = None, device: str = "auto", **options) -> MVSNetEstimator:
