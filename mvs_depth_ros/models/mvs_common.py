@@ -102,6 +102,22 @@ def normalize_and_resize(image: np.ndarray, size: Optional[Tuple[int, int]], mod
     return x
 
 
+def network_image(frame: Frame, mode: str) -> np.ndarray:
+    """The normalised ``(H, W, 3)`` float32 network input of a frame at its own size.
+
+    When the frame carries ``image_float`` (the un-rounded float32 output of the bilinear resize, 0-255;
+    see the note to the core owner), it is used instead of the uint8 ``image``: the official loaders
+    never round the resized image, and textureless regions are sensitive to that half-grey-level.
+    """
+    src = getattr(frame, "image_float", None)
+    if src is None:
+        return normalize_and_resize(frame.image, None, mode)
+    x = np.asarray(src, dtype=np.float32)
+    if mode == "signed":
+        return np.float32(2.0) * x / np.float32(255.0) - np.float32(1.0)
+    return x / np.float32(255.0)
+
+
 def image_tensor(image_hwc: np.ndarray, device: torch.device) -> torch.Tensor:
     """``(H, W, 3)`` float32 -> ``(1, 3, H, W)`` in channels_last memory, the layout the official
     loaders hand to the network (a transposed numpy stack); CPU convolutions then take the same path."""
