@@ -1,0 +1,364 @@
+"""ROS messages <-> numpy / core objects. No per-pixel Python anywhere.
+
+Payloads are read with ``np.frombuffer`` (zero copy, honouring ``step`` and ``is_bigendian``) and written
+as one ``array.array('B')`` filled from the array's buffer: rclpy's generated setters take an
+``array.array`` of type code ``'B'`` as is, while any other sequence (a list, ``bytes``, a numpy array) is
+validated and copied element by element (~100x slower at 640x480).
+
+Conventions: images are HxW[xC] arrays; depth is float32 metres with NaN invalid (REP 118 ``32FC1``), or
+uint16 millimetres with 0 invalid (``16UC1``); poses are 4x4 float64 matrices; stamps are int nanoseconds.
+"""
+from __future__ import annotations
+
+import array
+import sys
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import transforms3d.quaternions as tq
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Pose, PoseStamped, Quaternion, Transform, TransformStamped, Vector3, Point
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from std_msgs.msg import Header
+
+from ..core.geometry import backproject
+
+#: encoding -> (numpy dtype, channels)
+ENCODINGS = {
+    "rgb8": (np.uint8, 3),
+    "bgr8": (np.uint8, 3),
+    "rgba8": (np.uint8, 4),
+    "bgra8": (np.uint8, 4),
+    "mono8": (np.uint8, 1),
+    "8UC1": (np.uint8, 1),
+    "8UC3": (np.uint8, 3),
+    "mono16": (np.uint16, 1),
+    "16UC1": (np.uint16, 1),
+    "32FC1": (np.float32, 1),
+}
+#: encodings a colour pipeline accepts (everything else is rejected with a reason)
+COLOR_ENCODINGS = ("rgb8", "bgr8", "mono8")
+_HOST_BIG_ENDIAN = sys.byteorder == "big"
+
+
+class ConversionError(ValueError):
+    """A message that cannot be converted; the text says why (for a rate-limited log line)."""
+
+
+class UnsupportedEncoding(ConversionError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------------
+# time and headers
+# ---------------------------------------------------------------------------------------------------
+
+def stamp_to_ns(stamp: Time) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def ns_to_stamp(ns: int) -> Time:
+    ns = int(ns)
+    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+def make_header(stamp, frame_id: str) -> Header:
+    """Header from a ``Time`` or int nanoseconds."""
+    if not isinstance(stamp, Time):
+        stamp = ns_to_stamp(stamp)
+    return Header(stamp=stamp, frame_id=frame_id)
+
+
+def _bytes_array(arr: np.ndarray) -> array.array:
+    """One copy of ``arr``'s bytes into the type rclpy's uint8[] setter accepts without validation."""
+    out = array.array("B")
+    out.frombytes(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Image
+# ---------------------------------------------------------------------------------------------------
+
+def image_to_array(msg: Image) -> np.ndarray:
+    """The pixels of ``msg`` as an (H, W) or (H, W, C) array (a read-only view when possible).
+
+    Honours ``step`` (row padding) and ``is_bigendian``. Raises :class:`UnsupportedEncoding` or
+    :class:`ConversionError` (size mismatch, corrupt buffer).
+    """
+    enc = msg.encoding
+    if enc not in ENCODINGS:
+        raise UnsupportedEncoding(f"unsupported image encoding {enc!r} (supported: {', '.join(ENCODINGS)})")
+    dtype, ch = ENCODINGS[enc]
+    dt = np.dtype(dtype)
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0:
+        raise ConversionError(f"empty image {w}x{h}")
+    row = w * ch * dt.itemsize
+    if step < row:
+        raise ConversionError(f"step {step} < width*channels*itemsize = {row} for {w}x{h} {enc}")
+    buf = np.frombuffer(msg.data, dtype=np.uint8)
+    if buf.size < step * (h - 1) + row:
+        raise ConversionError(f"data has {buf.size} bytes, {w}x{h} {enc} with step {step} needs {step * h}")
+    if dt.itemsize > 1 and bool(msg.is_bigendian) != _HOST_BIG_ENDIAN:
+        dt = dt.newbyteorder()
+    if step == row:
+        out = buf[: h * row].view(dt).reshape(h, w, ch)
+    else:
+        out = np.lib.stride_tricks.as_strided(buf, shape=(h, row), strides=(step, 1))
+        out = np.ascontiguousarray(out).view(dt).reshape(h, w, ch)
+    if dt.byteorder not in ("=", "|") and dt != np.dtype(dtype):
+        out = out.astype(dtype)  # swap to native order (copy)
+    return out[:, :, 0] if ch == 1 else out
+
+
+def image_to_rgb(msg: Image) -> np.ndarray:
+    """An rgb8 / bgr8 / mono8 image as (H, W, 3) uint8 RGB; other encodings raise UnsupportedEncoding."""
+    if msg.encoding not in COLOR_ENCODINGS:
+        raise UnsupportedEncoding(f"image encoding {msg.encoding!r} is not a colour input; send one of "
+                                  f"{', '.join(COLOR_ENCODINGS)}")
+    a = image_to_array(msg)
+    if msg.encoding == "rgb8":
+        return a
+    if msg.encoding == "bgr8":
+        return np.ascontiguousarray(a[:, :, ::-1])
+    return np.repeat(a[:, :, None], 3, axis=2)
+
+
+def array_to_image(arr: np.ndarray, encoding: str, header: Optional[Header] = None) -> Image:
+    """Image message from an array (one copy). ``arr`` dtype/channels must match ``encoding``."""
+    if encoding not in ENCODINGS:
+        raise UnsupportedEncoding(f"unsupported image encoding {encoding!r}")
+    dtype, ch = ENCODINGS[encoding]
+    a = np.asarray(arr)
+    if a.dtype != dtype:
+        raise ConversionError(f"{encoding} needs {np.dtype(dtype).name}, got {a.dtype}")
+    if not ((ch == 1 and a.ndim == 2) or (a.ndim == 3 and a.shape[2] == ch)):
+        raise ConversionError(f"{encoding} needs {ch} channel(s), got shape {a.shape}")
+    h, w = a.shape[:2]
+    msg = Image()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width, msg.encoding = h, w, encoding
+    msg.is_bigendian = int(_HOST_BIG_ENDIAN and a.dtype.itemsize > 1)
+    msg.step = w * ch * a.dtype.itemsize
+    msg.data = _bytes_array(a)
+    return msg
+
+
+def depth_to_image(depth: np.ndarray, header: Optional[Header] = None, encoding: str = "32FC1") -> Image:
+    """REP 118 depth image: ``32FC1`` metres with NaN invalid, or ``16UC1`` millimetres with 0 invalid."""
+    d = np.asarray(depth, dtype=np.float32)
+    if encoding == "32FC1":
+        return array_to_image(d, "32FC1", header)
+    if encoding == "16UC1":
+        mm = d * np.float32(1000.0)
+        ok = np.isfinite(mm) & (mm >= 0.5) & (mm < 65535.5)
+        return array_to_image(np.where(ok, np.rint(np.where(ok, mm, 0)), 0).astype(np.uint16), "16UC1", header)
+    raise UnsupportedEncoding(f"depth encoding must be 32FC1 or 16UC1, got {encoding!r}")
+
+
+def image_to_depth(msg: Image) -> np.ndarray:
+    """float32 metres with NaN invalid from a ``32FC1`` (m) or ``16UC1`` / ``mono16`` (mm, 0 invalid) image."""
+    a = image_to_array(msg)
+    if msg.encoding == "32FC1":
+        return a
+    if msg.encoding in ("16UC1", "mono16"):
+        d = a.astype(np.float32) * np.float32(0.001)
+        d[a == 0] = np.nan
+        return d
+    raise UnsupportedEncoding(f"depth image encoding must be 32FC1 or 16UC1, got {msg.encoding!r}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# CameraInfo
+# ---------------------------------------------------------------------------------------------------
+
+def camera_info_to_K(msg: CameraInfo) -> Tuple[np.ndarray, Tuple[int, int], np.ndarray]:
+    """``(K 3x3 float64, (width, height), D)``. Raises ConversionError for a zero / non-finite K."""
+    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+    if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0 or K[2, 2] != 1.0:
+        raise ConversionError(f"camera_info has no valid K (fx, fy > 0, K[2,2] = 1): {K.ravel().tolist()}")
+    return K, (int(msg.width), int(msg.height)), np.asarray(msg.d, dtype=np.float64)
+
+
+def make_camera_info(K: np.ndarray, width: int, height: int, header: Optional[Header] = None,
+                     D: Optional[Sequence[float]] = None, distortion_model: str = "plumb_bob") -> CameraInfo:
+    """CameraInfo of a rectified (or distortion-free) pinhole camera: R = I, P = [K | 0]."""
+    K = np.asarray(K, dtype=np.float64)
+    msg = CameraInfo()
+    if header is not None:
+        msg.header = header
+    msg.width, msg.height = int(width), int(height)
+    msg.distortion_model = distortion_model
+    msg.d = [float(x) for x in (D if D is not None else (0.0,) * 5)]
+    msg.k = K.reshape(-1).tolist()
+    msg.r = np.eye(3).reshape(-1).tolist()
+    P = np.zeros((3, 4))
+    P[:, :3] = K
+    msg.p = P.reshape(-1).tolist()
+    return msg
+
+
+# ---------------------------------------------------------------------------------------------------
+# poses
+# ---------------------------------------------------------------------------------------------------
+
+def _rt_to_matrix(tx, ty, tz, qw, qx, qy, qz) -> np.ndarray:
+    q = np.array([qw, qx, qy, qz], dtype=np.float64)
+    n = float(np.linalg.norm(q))
+    if not (np.all(np.isfinite(q)) and np.isfinite(tx) and np.isfinite(ty) and np.isfinite(tz)) or n < 1e-9:
+        raise ConversionError(f"non-finite pose or zero quaternion: t=({tx}, {ty}, {tz}) q=({qw}, {qx}, {qy}, {qz})")
+    T = np.eye(4)
+    T[:3, :3] = tq.quat2mat(q / n)
+    T[:3, 3] = (tx, ty, tz)
+    return T
+
+
+def transform_to_matrix(t: Transform) -> np.ndarray:
+    """4x4 float64 from a geometry_msgs/Transform (quaternion normalised; NaN / zero -> ConversionError)."""
+    return _rt_to_matrix(t.translation.x, t.translation.y, t.translation.z,
+                         t.rotation.w, t.rotation.x, t.rotation.y, t.rotation.z)
+
+
+def pose_to_matrix(p: Pose) -> np.ndarray:
+    return _rt_to_matrix(p.position.x, p.position.y, p.position.z,
+                         p.orientation.w, p.orientation.x, p.orientation.y, p.orientation.z)
+
+
+def _matrix_to_rt(T: np.ndarray):
+    T = np.asarray(T, dtype=np.float64)
+    if T.shape != (4, 4) or not np.all(np.isfinite(T)):
+        raise ConversionError(f"need a finite 4x4 matrix, got shape {T.shape}")
+    q = tq.mat2quat(T[:3, :3])  # w, x, y, z
+    return T[:3, 3], q
+
+
+def matrix_to_transform(T: np.ndarray) -> Transform:
+    t, q = _matrix_to_rt(T)
+    return Transform(translation=Vector3(x=float(t[0]), y=float(t[1]), z=float(t[2])),
+                     rotation=Quaternion(w=float(q[0]), x=float(q[1]), y=float(q[2]), z=float(q[3])))
+
+
+def matrix_to_pose(T: np.ndarray) -> Pose:
+    t, q = _matrix_to_rt(T)
+    return Pose(position=Point(x=float(t[0]), y=float(t[1]), z=float(t[2])),
+                orientation=Quaternion(w=float(q[0]), x=float(q[1]), y=float(q[2]), z=float(q[3])))
+
+
+def make_transform_stamped(T: np.ndarray, parent: str, child: str, stamp) -> TransformStamped:
+    return TransformStamped(header=make_header(stamp, parent), child_frame_id=child,
+                            transform=matrix_to_transform(T))
+
+
+def make_pose_stamped(T: np.ndarray, frame_id: str, stamp) -> PoseStamped:
+    return PoseStamped(header=make_header(stamp, frame_id), pose=matrix_to_pose(T))
+
+
+# ---------------------------------------------------------------------------------------------------
+# PointCloud2
+# ---------------------------------------------------------------------------------------------------
+
+_FLOAT32 = PointField.FLOAT32
+
+
+def pointcloud_dtype(with_rgb: bool, with_confidence: bool) -> np.dtype:
+    names, formats = ["x", "y", "z"], [np.float32] * 3
+    if with_rgb:
+        names.append("rgb")
+        formats.append(np.float32)
+    if with_confidence:
+        names.append("confidence")
+        formats.append(np.float32)
+    return np.dtype({"names": names, "formats": formats})
+
+
+def pack_rgb(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 RGB -> (...) float32 whose bits are 0x00RRGGBB (the PCL / RViz ``rgb`` field)."""
+    rgb = np.asarray(rgb, dtype=np.uint8)
+    packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
+    return packed.view(np.float32)
+
+
+def unpack_rgb(packed: np.ndarray) -> np.ndarray:
+    u = np.ascontiguousarray(packed, dtype=np.float32).view(np.uint32)
+    return np.stack([(u >> 16) & 255, (u >> 8) & 255, u & 255], axis=-1).astype(np.uint8)
+
+
+def depth_to_pointcloud2(depth: np.ndarray, K: np.ndarray, header: Optional[Header] = None,
+                         rgb: Optional[np.ndarray] = None, confidence: Optional[np.ndarray] = None,
+                         dense: bool = False, stride: int = 1, max_range: float = 0.0) -> PointCloud2:
+    """PointCloud2 of ``depth`` (H, W float32 m, NaN invalid) back-projected with ``K``, in the camera frame.
+
+    Fields ``x y z`` (+ ``rgb`` packed float32 when ``rgb`` (H, W, 3) uint8 is given, + ``confidence`` when
+    given). ``dense=False`` keeps the image organisation (height x width, NaN points, ``is_dense`` False);
+    ``dense=True`` keeps only valid points (1 x N, ``is_dense`` True). ``stride`` keeps every stride-th
+    pixel in both directions; ``max_range`` > 0 invalidates points farther than that along the optical axis.
+    """
+    d = np.asarray(depth, dtype=np.float32)
+    if d.ndim != 2:
+        raise ConversionError(f"depth must be 2-D, got {d.shape}")
+    stride = max(1, int(stride))
+    Ks = np.asarray(K, dtype=np.float64)
+    if stride > 1:
+        d = d[::stride, ::stride]
+        Ks = Ks.copy()
+        Ks[0, :] /= stride
+        Ks[1, :] /= stride
+        Ks[2] = (0, 0, 1)
+        rgb = None if rgb is None else rgb[::stride, ::stride]
+        confidence = None if confidence is None else confidence[::stride, ::stride]
+    if max_range and max_range > 0:
+        d = np.where(d <= max_range, d, np.float32(np.nan))
+    pts = backproject(d, Ks)
+    dt = pointcloud_dtype(rgb is not None, confidence is not None)
+    h, w = d.shape
+    cloud = np.empty((h, w), dtype=dt)
+    cloud["x"], cloud["y"], cloud["z"] = pts[..., 0], pts[..., 1], pts[..., 2]
+    if rgb is not None:
+        if rgb.shape[:2] != (h, w):
+            raise ConversionError(f"rgb {rgb.shape} does not match depth {d.shape}")
+        cloud["rgb"] = pack_rgb(rgb)
+    if confidence is not None:
+        if confidence.shape != (h, w):
+            raise ConversionError(f"confidence {confidence.shape} does not match depth {d.shape}")
+        cloud["confidence"] = confidence
+    if dense:
+        cloud = cloud[np.isfinite(d)].reshape(1, -1)
+    msg = PointCloud2()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width = cloud.shape
+    msg.fields = [PointField(name=n, offset=int(dt.fields[n][1]), datatype=_FLOAT32, count=1) for n in dt.names]
+    msg.is_bigendian = _HOST_BIG_ENDIAN
+    msg.point_step = dt.itemsize
+    msg.row_step = dt.itemsize * msg.width
+    msg.is_dense = bool(dense)
+    msg.data = _bytes_array(cloud)
+    return msg
+
+
+_PF_DTYPES = {PointField.INT8: np.int8, PointField.UINT8: np.uint8, PointField.INT16: np.int16,
+              PointField.UINT16: np.uint16, PointField.INT32: np.int32, PointField.UINT32: np.uint32,
+              PointField.FLOAT32: np.float32, PointField.FLOAT64: np.float64}
+
+
+def pointcloud2_to_array(msg: PointCloud2) -> np.ndarray:
+    """Structured (height, width) array of a PointCloud2 (a view of its buffer)."""
+    endian = ">" if msg.is_bigendian else "<"
+    names, formats, offsets = [], [], []
+    for f in msg.fields:
+        if f.datatype not in _PF_DTYPES:
+            raise ConversionError(f"PointField {f.name!r} has unknown datatype {f.datatype}")
+        names.append(f.name)
+        base = np.dtype(_PF_DTYPES[f.datatype]).newbyteorder(endian)
+        formats.append(base if f.count <= 1 else (base, (f.count,)))
+        offsets.append(f.offset)
+    dt = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": msg.point_step})
+    buf = np.frombuffer(msg.data, dtype=np.uint8)
+    if buf.size < msg.row_step * msg.height or msg.row_step < msg.point_step * msg.width:
+        raise ConversionError(f"PointCloud2 data has {buf.size} bytes for {msg.width}x{msg.height} points "
+                              f"(point_step {msg.point_step}, row_step {msg.row_step})")
+    rows = np.lib.stride_tricks.as_strided(buf, shape=(msg.height, msg.point_step * msg.width),
+                                           strides=(msg.row_step, 1))
+    return np.ascontiguousarray(rows).view(dt).reshape(msg.height, msg.width)
