@@ -144,7 +144,7 @@ def decode_image(msg) -> np.ndarray:
     channels = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8uc1": 1, "8uc3": 3}.get(enc)
     if channels is None:
         raise ValueError(f"unsupported colour encoding {msg.encoding!r}")
-    buf = np.frombuffer(bytes(msg.data) if not isinstance(msg.data, np.ndarray) else msg.data, dtype=np.uint8)
+    buf = np.frombuffer(msg.data, dtype=np.uint8)
     if step < w * channels or buf.size < step * h:
         raise ValueError(f"image buffer too small: {buf.size} bytes for {w}x{h} {enc} step {step}")
     a = buf[: step * h].reshape(h, step)[:, : w * channels].reshape(h, w, channels)
@@ -158,7 +158,11 @@ def decode_image(msg) -> np.ndarray:
 
 
 def decode_depth(msg) -> np.ndarray:
-    """Depth image (``32FC1`` metres or ``16UC1`` millimetres, REP 118) -> float32 metres, NaN invalid."""
+    """Depth image (``32FC1`` metres or ``16UC1`` millimetres, REP 118) -> float32 metres.
+
+    ``32FC1`` values are returned bit-exact (NaN already marks invalid pixels; a prediction is not
+    altered before evaluation); ``16UC1`` zeros become NaN. Also decodes ``32FC1`` confidence images.
+    """
     h, w, step, enc = int(msg.height), int(msg.width), int(msg.step), str(msg.encoding).upper()
     if enc == "32FC1":
         dt = np.dtype(">f4" if msg.is_bigendian else "<f4")
@@ -166,7 +170,7 @@ def decode_depth(msg) -> np.ndarray:
         dt = np.dtype(">u2" if msg.is_bigendian else "<u2")
     else:
         raise ValueError(f"unsupported depth encoding {msg.encoding!r}")
-    buf = np.frombuffer(bytes(msg.data) if not isinstance(msg.data, np.ndarray) else msg.data, dtype=np.uint8)
+    buf = np.frombuffer(msg.data, dtype=np.uint8)
     if step < w * dt.itemsize or buf.size < step * h:
         raise ValueError(f"depth buffer too small: {buf.size} bytes for {w}x{h} {enc} step {step}")
     rows = buf[: step * h].reshape(h, step)[:, : w * dt.itemsize]
@@ -175,9 +179,7 @@ def decode_depth(msg) -> np.ndarray:
         out = d.astype(np.float32) / 1000.0
         out[d == 0] = np.nan
         return out
-    out = d.astype(np.float32)
-    out[~np.isfinite(out) | (out <= 0)] = np.nan
-    return out
+    return d.astype(np.float32)
 
 
 def camera_info_K(msg) -> np.ndarray:

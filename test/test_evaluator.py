@@ -1,0 +1,175 @@
+"""Evaluator: online metrics equal the offline metrics functions; bad inputs are counted, not fatal."""
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+
+from mvs_depth_ros.core.frame import DepthResult
+from mvs_depth_ros.data.synthetic import render_sequence
+from mvs_depth_ros.eval import metrics as M
+from mvs_depth_ros.ros.evaluator_node import EvaluatorConfig, EvaluatorCore
+
+W, H = 48, 32   # prediction resolution; ground truth is rendered at 96x64
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return render_sequence(n_frames=6, width=96, height=64, seed=5).frames
+
+
+def fake_prediction(frame, i):
+    """A deterministic imperfect prediction at the working resolution (what an estimator returns)."""
+    rng = np.random.default_rng(i)
+    gt = frame.resized(W, H).depth_gt
+    depth = (gt * rng.uniform(0.8, 1.25, gt.shape)).astype(np.float32)
+    depth[rng.random(gt.shape) < 0.1] = np.nan
+    depth[0, :3] = (0.0, 0.1, 50.0)          # below / above the clip range: clipping must match
+    conf = rng.random(gt.shape).astype(np.float32)
+    return depth, conf
+
+
+def offline(frames, keyframes, cfg):
+    """What ``mvs-depth run`` computes for these predictions (same functions, same GT resizing)."""
+    dense, filt = [], []
+    for i in keyframes:
+        depth, conf = fake_prediction(frames[i], i)
+        gt = frames[i].resized(W, H).depth_gt
+        clip = (cfg.min_depth, cfg.max_depth)
+        dense.append(M.depth_metrics(depth, gt, min_gt=cfg.min_gt, clip=clip))
+        filtered = DepthResult(depth, conf, np.eye(3)).filtered(cfg.confidence_threshold)
+        filt.append(M.depth_metrics(filtered, gt, min_gt=cfg.min_gt, clip=clip))
+    return dense, filt
+
+
+def test_core_matches_offline_and_writes_contract(tmp_path, frames):
+    cfg = EvaluatorConfig(min_gt=0.5, min_depth=0.25, max_depth=20.0, confidence_threshold=0.3,
+                          output_dir=str(tmp_path / "eval"))
+    names = {f.stamp: f.name for f in frames}
+    core = EvaluatorCore(cfg, names)
+    keyframes = [1, 3, 4]
+    for i, f in enumerate(frames):       # GT for every frame, predictions for keyframes, a little later
+        core.add_ground_truth(f.stamp, f.depth_gt)
+        if i - 1 in keyframes:
+            d, c = fake_prediction(frames[i - 1], i - 1)
+            core.add_prediction(frames[i - 1].stamp, d, c, measurement_stamps=[frames[i - 2].stamp], ms=12.5)
+    core.finish()
+    dense, filt = offline(frames, keyframes, cfg)
+    assert [r["name"] for r in core.per_frame] == [frames[i].name for i in keyframes]
+    for row, d, f in zip(core.per_frame, dense, filt):
+        assert row["dense"] == d and row["filtered"] == f        # bit-identical
+    s = core.summary()
+    assert s["dense"] == M.aggregate(dense) and s["filtered"] == M.aggregate(filt)
+    c = core.counters
+    assert (c.evaluated, c.prediction_without_gt, c.gt_without_prediction, c.bad_messages) == (3, 0, 2, 0)
+
+    out = core.write()
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["summary"]["dense"]["abs_rel"] == pytest.approx(M.aggregate(dense)["abs_rel"], abs=1e-12)
+    assert data["per_frame"][0]["measurements"] == [frames[0].name]
+    stem = frames[3].name
+    d3, c3 = fake_prediction(frames[3], 3)
+    np.testing.assert_array_equal(np.load(out / "depth" / f"{stem}.npy"), d3)
+    np.testing.assert_array_equal(np.load(out / "confidence" / f"{stem}.npy"), c3)
+    assert (out / "keyframes.txt").read_text().splitlines()[1] == f"{stem}.png {frames[2].name}.png"
+
+
+def test_core_counts_bad_input(frames):
+    warned = []
+    core = EvaluatorCore(EvaluatorConfig(match_tolerance_ns=1000, max_pending=3),
+                         warn=lambda key, text: warned.append(key))
+    f0, f1, f2 = frames[:3]
+    d, c = fake_prediction(f1, 1)
+    core.add_ground_truth(f1.stamp + 500, f1.depth_gt)              # within tolerance
+    core.add_prediction(f1.stamp, d, c)
+    assert core.counters.evaluated == 1
+    core.add_prediction(f1.stamp, d, c)                              # duplicate
+    core.add_prediction(f0.stamp, d, c[:2])                          # backwards, bad confidence shape
+    core.add_ground_truth(f2.stamp, f2.depth_gt)                     # GT moved past f0: f0 has no GT
+    core.add_ground_truth(f0.stamp, f0.depth_gt)                     # GT backwards
+    for k in range(5):                                               # predictions that never get GT
+        core.add_prediction(f2.stamp + 10**6 * (k + 1), d)
+    core.finish()
+    c = core.counters
+    assert c.duplicates == 1 and c.stamps_backwards == 2 and c.bad_messages == 1
+    assert c.prediction_without_gt == 6 and c.evaluated == 1
+    assert {"duplicate", "backwards", "shape", "no_gt"} <= set(warned)
+    assert core.summary()["keyframes"] == 1
+
+
+# --------------------------------------------------------------------------------- over real DDS
+rclpy = pytest.importorskip("rclpy", reason="rclpy not importable: install the ROS 2 wheels (tools/install_ros.sh)")
+
+
+@pytest.fixture
+def ros_context(monkeypatch):
+    from mvs_depth_ros.data.paths import REPO_ROOT
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(100 + (os.getpid() % 100)))
+    profile = REPO_ROOT / "config" / "fastdds_profile.xml"
+    if profile.is_file():
+        monkeypatch.setenv("FASTRTPS_DEFAULT_PROFILES_FILE", str(profile))
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    yield ctx
+    rclpy.shutdown(context=ctx)
+
+
+def test_node_over_dds_matches_offline(tmp_path, frames, ros_context):
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import Image
+
+    from mvs_depth_ros.data import bags
+    from mvs_depth_ros.ros.evaluator_node import EvaluatorNode
+
+    bag = tmp_path / "bag"
+    bags.write_bag(frames, bag, start_ns=frames[0].stamp)   # only for the frame names
+    names = bags.frame_names(bag)
+    out = tmp_path / "eval"
+    node = EvaluatorNode(context=ros_context, prediction_type="image", prediction_topic="/pred/depth",
+                         confidence_topic="/pred/confidence", gt_topic="/camera/depth_gt",
+                         output_dir=str(out), names_bag=str(bag), confidence_threshold=0.3, log_every=1)
+    src = rclpy.create_node("fake_estimator", context=ros_context)
+    pubs = {t: src.create_publisher(Image, t, 20) for t in ("/pred/depth", "/pred/confidence", "/camera/depth_gt")}
+    ex = SingleThreadedExecutor(context=ros_context)
+    ex.add_node(node)
+    ex.add_node(src)
+    deadline = time.monotonic() + 10
+    while any(p.get_subscription_count() < 1 for p in pubs.values()) and time.monotonic() < deadline:
+        ex.spin_once(timeout_sec=0.05)
+
+    def to_msg(a, stamp):
+        # through the bag writer's message layout, then CDR bytes: exactly what the player publishes
+        ts = bags.typestore()
+        return bytes(ts.serialize_cdr(bags.image_msg(a, stamp, "camera_optical_frame"), bags.IMAGE_T))
+
+    keyframes = [1, 3, 4]
+    for i, f in enumerate(frames):
+        pubs["/camera/depth_gt"].publish(to_msg(f.depth_gt, f.stamp))
+        if i in keyframes:
+            d, c = fake_prediction(f, i)
+            pubs["/pred/confidence"].publish(to_msg(c, f.stamp))   # confidence first: pairing must wait
+            pubs["/pred/depth"].publish(to_msg(d, f.stamp))
+        ex.spin_once(timeout_sec=0.01)
+    # a malformed prediction: counted, not fatal
+    bad = Image(height=4, width=4, encoding="32FC1", step=16)
+    bad.header.stamp.sec = 1
+    pubs["/pred/depth"].publish(bad)
+    deadline = time.monotonic() + 10
+    while (node.core.counters.evaluated < 3 or node.core.counters.bad_messages < 1) and time.monotonic() < deadline:
+        ex.spin_once(timeout_sec=0.05)
+    node.destroy_node()   # finishes and writes
+    src.destroy_node()
+
+    cfg = node.config
+    dense, filt = offline(frames, keyframes, cfg)
+    data = json.loads((out / "metrics.json").read_text())
+    assert [r["name"] for r in data["per_frame"]] == [frames[i].name for i in keyframes]
+    for row, d, f in zip(node.core.per_frame, dense, filt):
+        assert row["dense"] == d and row["filtered"] == f
+    agg = M.aggregate(dense)
+    for k, v in data["summary"]["dense"].items():
+        assert v == pytest.approx(agg[k], abs=1e-9)
+    assert data["summary"]["evaluator"]["bad_messages"] == 1
+    assert names[frames[1].stamp] == frames[1].name
