@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence
 
@@ -61,15 +62,29 @@ class VideoPipeline:
         self.buffer = KeyframeBuffer(config.keyframes)
         self.state: Any = estimator.initial_state()
         self.counters = PipelineCounters()
+        # source Frame.uid -> the frame at the working resolution. Re-using the same prepared object keeps
+        # its uid stable, so estimators' per-frame feature caches hit when a keyframe is used again.
+        self._prepared: "OrderedDict[int, Frame]" = OrderedDict()
+        self._prepared_max = config.keyframes.buffer_size + 8
 
     def reset(self) -> None:
         """Forget the keyframes and the recurrent state (tracking loss, a jump in the pose source)."""
         self.buffer.clear()
+        self._prepared.clear()
         self.state = self.estimator.initial_state()
         self.counters.resets += 1
 
     def prepare(self, frame: Frame) -> Frame:
-        return frame.resized(self.config.width, self.config.height)
+        """The frame at the working resolution (K rescaled); the same object for the same source frame."""
+        hit = self._prepared.get(frame.uid)
+        if hit is not None:
+            self._prepared.move_to_end(frame.uid)
+            return hit
+        prepared = frame.resized(self.config.width, self.config.height)
+        self._prepared[frame.uid] = prepared
+        if len(self._prepared) > self._prepared_max:
+            self._prepared.popitem(last=False)
+        return prepared
 
     def process(self, frame: Frame) -> StepResult:
         """Offer one frame; runs the estimator when it becomes a keyframe with >= 1 measurement frame."""
