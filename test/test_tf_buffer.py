@@ -1,0 +1,125 @@
+"""TfBuffer (our tf for installs without tf2_ros) and PoseBuffer stamp matching, against known transforms."""
+import numpy as np
+import pytest
+import transforms3d.axangles as ta
+
+from mvs_depth_ros.ros.tf_buffer import (ConnectivityError, ExtrapolationError, GapError, TfBuffer,
+                                         UnknownFrameError, slerp)
+
+S = 1_000_000_000
+
+
+def rt(axis, angle, t):
+    T = np.eye(4)
+    T[:3, :3] = ta.axangle2mat(axis, angle)
+    T[:3, 3] = t
+    return T
+
+
+def test_exact_and_interpolated_lookup():
+    b = TfBuffer(cache_time_s=10, max_gap_s=1.0)
+    b.set_transform("odom", "base", 1 * S, rt([0, 0, 1], 0.0, [0, 0, 0]))
+    b.set_transform("odom", "base", 2 * S, rt([0, 0, 1], 0.4, [1.0, 2.0, 0]))
+    np.testing.assert_allclose(b.lookup("odom", "base", 2 * S), rt([0, 0, 1], 0.4, [1, 2, 0]), atol=1e-12)
+    # halfway: slerp gives half the angle about the same axis, lerp half the translation
+    np.testing.assert_allclose(b.lookup("odom", "base", int(1.5 * S)), rt([0, 0, 1], 0.2, [0.5, 1.0, 0]), atol=1e-9)
+    np.testing.assert_allclose(b.lookup("odom", "base", int(1.25 * S)), rt([0, 0, 1], 0.1, [0.25, 0.5, 0]), atol=1e-9)
+    # inverse direction
+    np.testing.assert_allclose(b.lookup("base", "odom", int(1.5 * S)), np.linalg.inv(rt([0, 0, 1], 0.2, [0.5, 1, 0])),
+                               atol=1e-9)
+
+
+def test_out_of_order_insert_and_slerp_large_angle():
+    b = TfBuffer(max_gap_s=5)
+    b.set_transform("w", "c", 3 * S, rt([1, 1, 0], 2.5, [3, 0, 0]))
+    b.set_transform("w", "c", 1 * S, rt([1, 1, 0], 0.5, [1, 0, 0]))
+    np.testing.assert_allclose(b.lookup("w", "c", 2 * S), rt([1, 1, 0], 1.5, [2, 0, 0]), atol=1e-9)
+    q = slerp(np.array([1.0, 0, 0, 0]), np.array([-1.0, 0, 0, 0]), 0.5)  # same rotation, opposite sign
+    np.testing.assert_allclose(np.abs(q), [1, 0, 0, 0], atol=1e-12)
+
+
+def test_chain_through_tree_with_static_edge():
+    b = TfBuffer(max_gap_s=1.0)
+    T_base_cam = rt([0, 1, 0], -np.pi / 2, [0.1, 0.0, 0.3])  # static mount
+    T_base_imu = rt([1, 0, 0], 0.3, [0, 0.2, 0])
+    b.set_transform("base", "camera_optical", 0, T_base_cam, static=True)
+    b.set_transform("base", "imu", 0, T_base_imu, static=True)
+    for k in range(5):
+        b.set_transform("map", "odom", k * S, rt([0, 0, 1], 0.05 * k, [k * 0.1, 0, 0]))
+        b.set_transform("odom", "base", k * S, rt([0, 0, 1], 0.1 * k, [k * 1.0, 0, 0]))
+    t = int(2.5 * S)
+    expect = rt([0, 0, 1], 0.125, [0.25, 0, 0]) @ rt([0, 0, 1], 0.25, [2.5, 0, 0]) @ T_base_cam
+    np.testing.assert_allclose(b.lookup("map", "camera_optical", t), expect, atol=1e-9)
+    # sibling frames (common ancestor below the root), static only: valid at any time
+    np.testing.assert_allclose(b.lookup("imu", "camera_optical", 123 * S), np.linalg.inv(T_base_imu) @ T_base_cam,
+                               atol=1e-12)
+    # stamp 0: latest common time
+    np.testing.assert_allclose(b.lookup("odom", "camera_optical", 0), rt([0, 0, 1], 0.4, [4, 0, 0]) @ T_base_cam,
+                               atol=1e-9)
+    assert b.can_transform("map", "camera_optical", 3 * S)
+    assert not b.can_transform("map", "camera_optical", 9 * S)
+
+
+def test_failures_are_specific():
+    b = TfBuffer(cache_time_s=10, max_gap_s=0.5)
+    b.set_transform("odom", "cam", 1 * S, np.eye(4))
+    b.set_transform("odom", "cam", 2 * S, np.eye(4))   # 1 s gap > 0.5 s tolerance
+    b.set_transform("odom", "cam", int(2.2 * S), np.eye(4))
+    b.set_transform("other_root", "x", 1 * S, np.eye(4))
+    with pytest.raises(GapError, match="1.000s apart"):
+        b.lookup("odom", "cam", int(1.5 * S))
+    b.lookup("odom", "cam", int(2.1 * S))  # inside a small gap: fine
+    with pytest.raises(ExtrapolationError, match="after the newest"):
+        b.lookup("odom", "cam", 3 * S)
+    with pytest.raises(ExtrapolationError, match="before the oldest"):
+        b.lookup("odom", "cam", 0 * S + 1)
+    with pytest.raises(UnknownFrameError, match="'nope'"):
+        b.lookup("odom", "nope", 1 * S)
+    with pytest.raises(ConnectivityError, match="not connected"):
+        b.lookup("odom", "x", 1 * S)
+    for bad in (np.full((4, 4), np.nan), np.diag([2.0, 1, 1, 1])):
+        with pytest.raises(ValueError):
+            b.set_transform("odom", "cam", 5 * S, bad)
+    with pytest.raises(ValueError):
+        b.set_transform("cam", "cam", 5 * S, np.eye(4))
+
+
+def test_cache_duration_drops_old_and_clear_keeps_static():
+    b = TfBuffer(cache_time_s=2.0, max_gap_s=5)
+    for k in range(10):
+        b.set_transform("odom", "cam", k * S, np.eye(4))
+    b.set_transform("cam", "lens", 0, np.eye(4), static=True)
+    with pytest.raises(ExtrapolationError, match="before the oldest"):
+        b.lookup("odom", "cam", 5 * S)
+    b.lookup("odom", "lens", 8 * S)
+    b.clear()
+    assert b.frames() == ["cam", "lens"]
+
+
+def test_lookup_waits_for_late_data_then_times_out():
+    import threading
+    import time
+    b = TfBuffer(max_gap_s=1)
+    b.set_transform("odom", "cam", 1 * S, np.eye(4))
+    threading.Timer(0.05, lambda: b.set_transform("odom", "cam", 2 * S, rt([0, 0, 1], 0, [2, 0, 0]))).start()
+    T = b.lookup("odom", "cam", int(1.5 * S), timeout_s=2.0)
+    assert T[0, 3] == pytest.approx(1.0)
+    t0 = time.monotonic()
+    with pytest.raises(ExtrapolationError):
+        b.lookup("odom", "cam", 5 * S, timeout_s=0.1)
+    assert 0.09 < time.monotonic() - t0 < 1.0
+
+
+def test_pose_buffer_matching():
+    from mvs_depth_ros.ros.sync import PoseBuffer, SyncError
+    pb = PoseBuffer(tolerance_s=0.01, max_size=5)
+    for k in range(8):
+        pb.add(k * S, rt([0, 0, 1], 0, [k, 0, 0]))
+    assert len(pb) == 5
+    assert pb.lookup(int(6.005 * S))[0, 3] == 6
+    with pytest.raises(SyncError, match="tolerance"):
+        pb.lookup(int(6.5 * S))
+    with pytest.raises(SyncError):
+        pb.lookup(1 * S)  # dropped by max_size
+    with pytest.raises(ValueError):
+        pb.add(9 * S, np.full((4, 4), np.nan))
