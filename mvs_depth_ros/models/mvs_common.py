@@ -118,10 +118,16 @@ def network_image(frame: Frame, mode: str) -> np.ndarray:
     return x / np.float32(255.0)
 
 
-def image_tensor(image_hwc: np.ndarray, device: torch.device) -> torch.Tensor:
-    """``(H, W, 3)`` float32 -> ``(1, 3, H, W)`` in channels_last memory, the layout the official
-    loaders hand to the network (a transposed numpy stack); CPU convolutions then take the same path."""
+def image_tensor(image_hwc: np.ndarray, device: torch.device, channels_last: bool = True) -> torch.Tensor:
+    """``(H, W, 3)`` float32 -> ``(1, 3, H, W)``.
+
+    ``channels_last=True`` keeps the HWC memory (a permuted view), the layout the IterMVS loader hands
+    to the network (a transposed numpy stack), so CPU convolutions take the same path as the official
+    run; ``False`` gives a contiguous NCHW tensor (the PatchmatchNet fixture's layout).
+    """
     t = torch.from_numpy(np.ascontiguousarray(image_hwc, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0)
+    if not channels_last:
+        t = t.contiguous()
     return t.to(device)
 
 
