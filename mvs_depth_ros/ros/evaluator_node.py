@@ -294,6 +294,7 @@ try:
     from rclpy.parameter import Parameter
     from sensor_msgs.msg import Image
 
+    from .conversions import image_to_depth
     from .qos import make_qos
     _RCLPY_ERROR: Optional[str] = None
 except ImportError as _exc:  # pragma: no cover - depends on the install
@@ -416,11 +417,10 @@ class EvaluatorNode(Node):  # type: ignore[misc,valid-type]
 
     # ---------------------------------------------------------------------------------- callbacks
     def _on_estimate(self, msg) -> None:
-        from ..data.bags import decode_depth
         stamp = self._stamp(msg.header)
         try:
-            depth = decode_depth(msg.depth)
-            conf = decode_depth(msg.confidence) if msg.confidence.width else None
+            depth = image_to_depth(msg.depth)
+            conf = image_to_depth(msg.confidence) if msg.confidence.width else None
         except ValueError as exc:
             self.core.bad_message(f"undecodable DepthEstimate at {stamp}: {exc}")
             return
@@ -429,10 +429,9 @@ class EvaluatorNode(Node):  # type: ignore[misc,valid-type]
         self._after_add()
 
     def _on_depth(self, msg) -> None:
-        from ..data.bags import decode_depth
         stamp = self._stamp(msg.header)
         try:
-            depth = decode_depth(msg)
+            depth = image_to_depth(msg)
         except ValueError as exc:
             self.core.bad_message(f"undecodable predicted depth at {stamp}: {exc}")
             return
@@ -443,10 +442,9 @@ class EvaluatorNode(Node):  # type: ignore[misc,valid-type]
         self._pair_confidence(stamp, depth=depth)
 
     def _on_confidence(self, msg) -> None:
-        from ..data.bags import decode_depth
         stamp = self._stamp(msg.header)
         try:
-            conf = decode_depth(msg)
+            conf = image_to_depth(msg)
         except ValueError as exc:
             self.core.bad_message(f"undecodable confidence at {stamp}: {exc}")
             return
@@ -470,10 +468,9 @@ class EvaluatorNode(Node):  # type: ignore[misc,valid-type]
                 self.core.bad_message("depth/confidence without its partner; dropped")
 
     def _on_gt(self, msg) -> None:
-        from ..data.bags import decode_depth
         stamp = self._stamp(msg.header)
         try:
-            gt = decode_depth(msg)
+            gt = image_to_depth(msg)
         except ValueError as exc:
             self.core.bad_message(f"undecodable ground truth at {stamp}: {exc}")
             return

@@ -140,6 +140,7 @@ class PlayerNode(Node):
         self.finished = threading.Event()
         self.error: Optional[str] = None
         self._stop = threading.Event()
+        self._clock_ns = -1
         self._thread: Optional[threading.Thread] = None
         self._bag_pubs: Dict[str, object] = {}
         self._inspect_bag()
@@ -209,8 +210,10 @@ class PlayerNode(Node):
         return super().destroy_node()
 
     def _publish_clock(self, t_ns: int) -> None:
-        if self._clock_pub is None:
+        """/clock within a pass never goes backwards; a new loop pass starts again from start_offset."""
+        if self._clock_pub is None or t_ns < self._clock_ns:
             return
+        self._clock_ns = t_ns
         msg = Clock()
         msg.clock.sec, msg.clock.nanosec = int(t_ns // 10**9), int(t_ns % 10**9)
         self._clock_pub.publish(msg)
@@ -275,6 +278,7 @@ class PlayerNode(Node):
                     return
                 if wall0 is None:
                     wall0 = time.monotonic()
+                    self._clock_ns = -1
                     self._publish_clock(t)
                 target = wall0 + (t - t_begin) / 1e9 / cfg.rate
                 while True:
@@ -283,7 +287,8 @@ class PlayerNode(Node):
                         break
                     if self._stop.wait(min(target - now, clock_period)):
                         return
-                    self._publish_clock(t_begin + int((time.monotonic() - wall0) * cfg.rate * 1e9))
+                    # bag time now, never past the next message (oversleeping must not make /clock jump back)
+                    self._publish_clock(min(t, t_begin + int((time.monotonic() - wall0) * cfg.rate * 1e9)))
                 late = time.monotonic() - target
                 if late > self.counters.max_lateness_s:
                     self.counters.max_lateness_s = late
