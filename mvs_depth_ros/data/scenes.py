@@ -11,6 +11,7 @@ Malformed input raises :class:`SceneError` naming the file (and line) at fault.
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 from ..core.frame import Frame, is_valid_pose
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+log = logging.getLogger(__name__)
 
 
 class SceneError(ValueError):
@@ -148,6 +150,10 @@ def load_scene(path: os.PathLike | str, frame_rate: float = 30.0) -> Scene:
             raise SceneError(f"{root / 'poses.txt'}:{i + 1}: not a rigid transform (rotation not orthonormal "
                              f"or last row not 0 0 0 1)")
     # Non-finite rows are kept: they mean "no pose for this frame" (tracking lost), as in DeepVideoMVS.
+    missing = [i + 1 for i, T in enumerate(poses) if not np.all(np.isfinite(T))]
+    if missing:
+        log.warning("%s: %d non-finite pose(s) (lines %s): those frames have no pose and are treated as "
+                    "tracking loss", root / "poses.txt", len(missing), ", ".join(map(str, missing[:10])))
     depth_dir = root / "depth"
     depth_paths: List[Optional[Path]] = []
     for p in images:

@@ -1,0 +1,76 @@
+"""Checkpoint loading is safe: pickles that would run code are refused, mismatches are readable."""
+import os
+import pickle
+
+import pytest
+import torch
+
+from mvs_depth_ros.models.checkpoints import (CheckpointError, extract_state_dict, load_checkpoint,
+                                              load_state_dict_strict)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch {}",))
+
+
+def test_malicious_pickle_is_rejected_and_not_executed(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.ckpt"
+    torch.save({"model": {"w": torch.zeros(1)}, "payload": Evil()}, path)
+    with pytest.raises(CheckpointError, match="refused to load.*execute arbitrary code"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_raw_pickle_file_is_rejected(tmp_path):
+    path = tmp_path / "evil.pkl"
+    with open(path, "wb") as fh:
+        pickle.dump(_Evil(), fh)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+def test_plain_checkpoint_and_prefix(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    sd = {"module." + k: v for k, v in net.state_dict().items()}
+    torch.save({"model": sd, "epoch": 3}, tmp_path / "c.ckpt")
+    loaded = extract_state_dict(load_checkpoint(tmp_path / "c.ckpt"))
+    fresh = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    load_state_dict_strict(fresh, loaded)
+    assert torch.equal(fresh[0].weight, net[0].weight)
+
+
+def test_safetensors(tmp_path):
+    from safetensors.torch import save_file
+    net = torch.nn.Linear(3, 2)
+    save_file(net.state_dict(), str(tmp_path / "w.safetensors"))
+    fresh = torch.nn.Linear(3, 2)
+    load_state_dict_strict(fresh, extract_state_dict(load_checkpoint(tmp_path / "w.safetensors")))
+    assert torch.equal(fresh.weight, net.weight)
+
+
+def test_mismatch_message_lists_everything():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Conv2d(2, 2, 1))
+    sd = dict(net.state_dict())
+    sd.pop("1.bias")
+    sd["0.weight"] = torch.zeros(4, 1, 3, 3)
+    sd["extra.weight"] = torch.zeros(1)
+    with pytest.raises(CheckpointError) as err:
+        load_state_dict_strict(net, sd, "TestNet")
+    msg = str(err.value)
+    assert "TestNet" in msg and "missing keys: 1.bias" in msg and "unexpected keys: extra.weight" in msg
+    assert "0.weight: checkpoint (4, 1, 3, 3) vs network (2, 1, 3, 3)" in msg
+
+
+def test_missing_and_garbage_files(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.ckpt")
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="not a readable torch checkpoint|refused"):
+        load_checkpoint(tmp_path / "junk.ckpt")
