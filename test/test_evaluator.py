@@ -103,13 +103,10 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy not importable: install the R
 
 
 @pytest.fixture
-def ros_context(monkeypatch):
-    from mvs_depth_ros.data.paths import REPO_ROOT
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(100 + (os.getpid() % 100)))
-    profile = REPO_ROOT / "config" / "fastdds_profile.xml"
-    if profile.is_file():
-        monkeypatch.setenv("FASTRTPS_DEFAULT_PROFILES_FILE", str(profile))
+def ros_context():
+    from ros_helpers import apply_ros_env, require_rclpy
+    require_rclpy()
+    apply_ros_env()      # LOCALHOST discovery, the project's DDS profile, a per-run domain id
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     yield ctx

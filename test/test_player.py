@@ -28,13 +28,10 @@ def bag(tmp_path_factory):
 
 
 @pytest.fixture
-def ctx(monkeypatch):
-    from mvs_depth_ros.data.paths import REPO_ROOT
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(100 + (os.getpid() + 37) % 100))
-    profile = REPO_ROOT / "config" / "fastdds_profile.xml"
-    if profile.is_file():
-        monkeypatch.setenv("FASTRTPS_DEFAULT_PROFILES_FILE", str(profile))
+def ctx():
+    from ros_helpers import apply_ros_env, require_rclpy
+    require_rclpy()
+    apply_ros_env()      # LOCALHOST discovery, the project's DDS profile, a per-run domain id
     c = rclpy.Context()
     rclpy.init(context=c)
     yield c
@@ -137,3 +134,21 @@ def test_bad_bag_and_bad_parameters(ctx, tmp_path):
         PlayerNode(context=ctx)
     with pytest.raises(TypeError, match="unknown parameter"):
         PlayerNode(context=ctx, bag="x", speed=2.0)
+
+
+def test_player_node_process_plays_and_exits(bag):
+    """The console entry point in its own process (``player_node --ros-args -p bag:=...``)."""
+    from ros_helpers import NodeProcess, Probe
+    path, _ = bag
+    probe = Probe("player_probe")
+    try:
+        images = probe.subscribe(Image, "/camera/image_raw")
+        params = {"bag": str(path), "rate": 4.0, "wait_for_topics": "['/camera/image_raw']", "wait_timeout": 20.0}
+        with NodeProcess("mvs_depth_ros.ros.player_node", params) as proc:
+            assert probe.wait_for(lambda: len(images) == 8 and not proc.alive(), 40), proc.output()
+            assert proc.proc.returncode == 0, proc.output()
+            n = 33 if _tf_message_class() is not None else 24   # /tf + /tf_static need tf2_msgs
+            assert f"playback finished: {n} messages" in proc.output(), proc.output()
+        assert [bags.stamp_to_ns(m.header.stamp) for _, m in images] == [START + i * 10**8 for i in range(8)]
+    finally:
+        probe.close()
