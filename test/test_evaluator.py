@@ -170,3 +170,22 @@ def test_node_over_dds_matches_offline(tmp_path, frames, ros_context):
         assert v == pytest.approx(agg[k], abs=1e-9)
     assert data["summary"]["evaluator"]["bad_messages"] == 1
     assert names[frames[1].stamp] == frames[1].name
+
+
+def test_config_files_hold_declared_valid_parameters(ros_context):
+    """config/evaluator.yaml and every dataset file: names the node declares, values it accepts."""
+    import yaml
+
+    from mvs_depth_ros.data.paths import REPO_ROOT
+    from mvs_depth_ros.ros.evaluator_node import EvaluatorNode
+    files = [REPO_ROOT / "config" / "evaluator.yaml", *sorted((REPO_ROOT / "config" / "datasets").glob("*.yaml"))]
+    assert len(files) >= 4
+    for f in files:
+        params = (yaml.safe_load(f.read_text()).get("evaluator") or {}).get("ros__parameters") or {}
+        params = {**params, "prediction_type": "image"}   # DepthEstimate may not be generated here
+        node = EvaluatorNode(context=ros_context, **params)
+        try:
+            assert all(node.has_parameter(k) for k in params), f
+            assert node.config.min_depth == params.get("min_depth", 0.25)
+        finally:
+            node.destroy_node()

@@ -152,3 +152,20 @@ def test_player_node_process_plays_and_exits(bag):
         assert [bags.stamp_to_ns(m.header.stamp) for _, m in images] == [START + i * 10**8 for i in range(8)]
     finally:
         probe.close()
+
+
+def test_config_files_hold_declared_valid_parameters(ctx, bag):
+    import yaml
+
+    from mvs_depth_ros.data.paths import REPO_ROOT
+    files = [REPO_ROOT / "config" / "player.yaml", *sorted((REPO_ROOT / "config" / "datasets").glob("*.yaml"))]
+    for f in files:
+        params = (yaml.safe_load(f.read_text()).get("player") or {}).get("ros__parameters") or {}
+        params = {**params, "bag": str(bag[0]), "autostart": False}
+        node = PlayerNode(context=ctx, **params)
+        try:
+            assert all(node.has_parameter(k) for k in params), f
+        finally:
+            node.destroy_node()
+    launch = REPO_ROOT / "launch" / "eval_bag.launch.py"
+    compile(launch.read_text(), str(launch), "exec")   # syntax; `launch` itself is not installable from PyPI

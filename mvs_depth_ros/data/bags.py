@@ -555,7 +555,12 @@ def _frames_from_args(args) -> Tuple[Iterable[Frame], str]:
         from .synthetic import render_sequence
         seq = render_sequence(n_frames=args.frames or 20, width=args.width, height=args.height, seed=args.seed)
         return seq.frames, f"synthetic(frames={args.frames or 20}, {args.width}x{args.height}, seed={args.seed})"
-    from .scenes import load_scene
+    from .scenes import load_scene, load_tum_pair
+    if (Path(args.scene) / "cam.txt").is_file():      # a TUM / DeMoN two-view pair folder
+        pair = load_tum_pair(args.scene)
+        for f in pair:
+            f.name = Path(f.name).name
+        return pair[: args.frames or None], f"TUM pair {Path(args.scene).resolve()}"
     scene = load_scene(args.scene)
     stop = min(len(scene), args.frames) if args.frames else None
     return scene.frames(0, stop), str(Path(args.scene).resolve())
@@ -578,7 +583,8 @@ def cli_main(argv: Optional[List[str]] = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("convert", help="DeepVideoMVS scene folder or synthetic sequence -> rosbag2")
     src = c.add_mutually_exclusive_group(required=True)
-    src.add_argument("--scene", type=Path, help="scene folder (images/, depth/, poses.txt, K.txt)")
+    src.add_argument("--scene", type=Path, help="scene folder (images/, depth/, poses.txt, K.txt) or a TUM/DeMoN "
+                     "pair folder (cam.txt, poses.txt, 0000.jpg, 0001.jpg, *.npy)")
     src.add_argument("--synthetic", action="store_true", help="render a synthetic sequence with exact depth")
     c.add_argument("--frames", type=int, default=0, help="number of frames (0 = all; synthetic default 20)")
     c.add_argument("--width", type=int, default=320, help="synthetic image width")
