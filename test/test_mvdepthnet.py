@@ -196,3 +196,30 @@ def test_estimator_end_to_end_on_hololens(fx, tmp_path):
 def test_build_requires_checkpoint():
     with pytest.raises(ValueError, match="checkpoint"):
         build(None)
+
+
+def test_confidence_prefers_photometrically_consistent_depth(fx):
+    """Our heuristic confidence (no network involved): higher at the ground-truth depth than at shuffled depths."""
+    root = require_shared("data", "hololens-000")
+    images = sorted((root / "images").glob("*.png"))
+    poses = np.loadtxt(root / "poses.txt").reshape(-1, 4, 4)
+    K = np.loadtxt(root / "K.txt")
+    frames = []
+    for name in ("00016", "00014"):
+        i = [p.stem for p in images].index(name)
+        rgb = cv2.cvtColor(cv2.imread(str(images[i])), cv2.COLOR_BGR2RGB)
+        gt = cv2.imread(str(root / "depth" / f"{name}.png"), cv2.IMREAD_UNCHANGED).astype(np.float32) / 1000.0
+        frames.append(Frame(image=rgb, K=K, T_world_cam=poses[i], depth_gt=gt).resized(320, 256))
+    est = MVDepthNetEstimator(fx["model"], device="cpu")
+    imgs = est._images(frames)
+    ref_to_src = np.linalg.inv(frames[1].T_world_cam) @ frames[0].T_world_cam
+    kr, kt = pair_rays(torch.from_numpy(frames[1].K)[None], torch.from_numpy(ref_to_src)[None], 256, 320)
+    gt = torch.from_numpy(frames[0].depth_gt)
+    ok = gt > 0.5
+    disp_gt = torch.where(ok, 1.0 / gt.clamp(min=0.5), torch.tensor(0.5))[None, None]
+    shuffled = disp_gt.flatten()[torch.randperm(disp_gt.numel(), generator=torch.Generator().manual_seed(0))]
+    with torch.inference_mode():
+        cost = fx["model"].cost_volume(imgs[:1], imgs[None, 1:], kr[None], kt[None])
+        c_gt = est.confidence(cost, disp_gt, kr, kt)[ok].mean()
+        c_shuffled = est.confidence(cost, shuffled.view_as(disp_gt), kr, kt)[ok].mean()
+    assert c_gt > 1.5 * c_shuffled, (float(c_gt), float(c_shuffled))
