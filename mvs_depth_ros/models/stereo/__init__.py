@@ -1,0 +1,9 @@
+"""Stereo backends (one rectified pair in, disparity/depth/confidence out; see ``core/stereo.py``).
+
+* :mod:`.sgbm` — OpenCV semi-global matching with left-right check and confidence; ``build(**options)``;
+* :mod:`.temporal` — a recursive, pose-aware temporal filter that wraps any stereo estimator.
+"""
+from .sgbm import SGBMConfig, SGBMStereo, build
+from .temporal import TemporalConfig, TemporalStereo
+
+__all__ = ["SGBMConfig", "SGBMStereo", "TemporalConfig", "TemporalStereo", "build"]
