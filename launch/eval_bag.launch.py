@@ -41,8 +41,10 @@ def _nodes(context, *args, **kwargs):
                           "wait_timeout": 60.0}]),
         ExecuteProcess(cmd=["ros2", "bag", "play", bag, "--clock", "--rate", get("rate")], output="screen",
                        condition=UnlessCondition(LaunchConfiguration("use_player"))),
-        Node(package="mvs_depth_ros", executable="mvs_node", name="mvs_node", output="screen",
-             parameters=[dataset_file, sim, {"model": get("model")}]),
+        # namespace "mvs": publishes /mvs/depth_estimate, /mvs/depth, ... (evaluator.yaml's prediction_topic)
+        Node(package="mvs_depth_ros", executable="mvs_node", name="mvs_node", namespace="mvs", output="screen",
+             remappings=[("image", "/camera/image_raw"), ("camera_info", "/camera/camera_info")],
+             parameters=[dataset_file, sim, {"model": get("model"), "qos_reliability": "reliable"}]),
         Node(package="mvs_depth_ros", executable="evaluator_node", name="evaluator", output="screen",
              parameters=[cfg("evaluator.yaml"), dataset_file, sim,
                          {"output_dir": get("output_dir"), "names_bag": bag}]),
