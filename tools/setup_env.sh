@@ -19,15 +19,19 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY_BOOT" -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
-PIP=("$PY" -m pip install --disable-pip-version-check -q)
+# pip, with the machine-specific "Location ... is ignored" index warnings filtered out (exit code kept)
+pip_install() {
+  "$PY" -m pip install --disable-pip-version-check -q "$@" 2>&1 | { grep -v "^WARNING: Location '" || true; }
+  return "${PIPESTATUS[0]}"
+}
 
 # Re-install only when the packaging changed since the last successful run.
 want="$(cat setup.py setup.cfg tools/setup_env.sh | sha1sum | cut -c1-16)"
 have="$(cat "$STAMP" 2>/dev/null || true)"
 if [ "$want" != "$have" ] || ! "$PY" -c "import mvs_depth_ros, torch, cv2, kornia, rosbags" 2>/dev/null; then
   say "installing torch==2.13.0 and the package (first run: a few minutes)"
-  "${PIP[@]}" "torch==2.13.0"
-  "${PIP[@]}" -e ".[test,reconstruction]"
+  pip_install "torch==2.13.0"
+  pip_install -e ".[test,reconstruction]"
   echo "$want" > "$STAMP"
 else
   say "python packages: up to date"

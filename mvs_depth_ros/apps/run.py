@@ -133,6 +133,14 @@ def iterate_steps(pipeline: VideoPipeline, source: _FrameSource,
             yield pipeline.process(source.get(i))
 
 
+def _peak_rss_mb() -> Optional[float]:
+    try:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
+    except ImportError:  # pragma: no cover - not on Windows
+        return None
+
+
 # --------------------------------------------------------------------------------------------- main
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
@@ -204,7 +212,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         "keyframes": len(per_frame),
         "pipeline": vars(pipeline.counters),
         "timing": {"ms_per_keyframe_median": statistics.median(warm) if warm else None,
-                   "ms_per_keyframe_mean": float(np.mean(warm)) if warm else None, "wall_s": wall},
+                   "ms_per_keyframe_mean": float(np.mean(warm)) if warm else None, "wall_s": wall,
+                   "peak_rss_mb": _peak_rss_mb()},
     }
     if dense_rows:
         summary["dense"] = M.aggregate(dense_rows)
