@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_argument_group("input")
     src.add_argument("--scene", help="DeepVideoMVS-layout scene folder (images/, depth/, poses.txt, K.txt) or a "
                      "TUM/DeMoN pair folder; default: a synthetic sequence rendered on the fly")
+    src.add_argument("--bag", help="a rosbag2 written by `mvs-depth bag convert` (images, camera_info, /tf, GT depth): "
+                     "exactly the input the ROS nodes see when it is played")
     src.add_argument("--hololens", action="store_true",
                      help="use the HoloLens sample from the shared data folder (MVS_DEPTH_SHARED or ../shared)")
     src.add_argument("--frames", type=int, default=None, help="use only the first N frames of the scene")
@@ -105,6 +107,14 @@ def open_source(args) -> Tuple[_FrameSource, str, Optional[List[Tuple[str, List[
         if p is None:
             raise SystemExit("--hololens: shared data not found (set MVS_DEPTH_SHARED or place ../shared beside the repo)")
         scene_dir = str(p)
+    if args.bag:
+        from ..data.bags import read_frames
+
+        frames = list(read_frames(args.bag))
+        if args.frames is not None:
+            frames = frames[:args.frames]
+        return (_FrameSource(len(frames), lambda i: frames[i], [Path(f.name).stem for f in frames]),
+                f"bag {args.bag} ({len(frames)} frames)", index)
     if scene_dir:
         root = Path(scene_dir)
         if (root / "cam.txt").is_file():  # a TUM/DeMoN two-view pair
