@@ -9,7 +9,8 @@
   - *uniqueness*: SGBM is re-run with stricter ``uniquenessRatio`` levels; a pixel that still survives
     a ratio ``r`` has its best aggregated cost at least ``r`` % below the second best. The score is the
     fraction of levels survived, ``(1 + passed) / (1 + len(levels))``;
-  - *left-right agreement*: ``1 - |d_L - d_R| / (lr_max_diff + 1)`` (1 for a perfect round trip);
+  - *left-right agreement*: ``1 - |d_L - d_R| / (lr_max_diff + 1)`` (1 for a perfect round trip;
+    0.5 where the match falls in the right image's border band that the matcher cannot fill);
 * invalid pixels are NaN in disparity and depth and 0 in confidence.
 """
 from __future__ import annotations
@@ -150,8 +151,13 @@ class SGBMStereo(StereoEstimator):
                                                                 np.ascontiguousarray(L[:, ::-1]))
             disp_right = _to_float_disparity(flipped, c.min_disparity)[:, ::-1]
             diff = left_right_difference(disp, disp_right)
-            valid &= diff <= c.lr_max_diff
-            lr_score = 1.0 - np.nan_to_num(diff, nan=0.0) / (c.lr_max_diff + 1.0)
+            # The matcher leaves the right image's last min+num disparities columns empty (its search
+            # range leaves the left image there): matches landing there cannot be verified, so they are
+            # kept with half the score instead of being thrown away.
+            u_r = np.rint(np.arange(disp.shape[1], dtype=np.float32)[None, :] - disp)
+            unverifiable = np.isfinite(u_r) & (u_r >= disp.shape[1] - (c.min_disparity + c.num_disparities))
+            valid &= unverifiable | (diff <= c.lr_max_diff)
+            lr_score = np.where(unverifiable, 0.5, 1.0 - np.nan_to_num(diff, nan=0.0) / (c.lr_max_diff + 1.0))
 
         disp[~valid] = np.nan
         conf = np.where(valid, unique_score * lr_score, 0.0).astype(np.float32)
