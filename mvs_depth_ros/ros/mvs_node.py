@@ -111,6 +111,7 @@ class MvsNode(Node):
         self._last_pose_stamp: Optional[int] = None
         self._slot: Optional[tuple] = None           # (Image, receive monotonic time)
         self._slot_cv = threading.Condition()
+        self._busy = False
         self._stop = threading.Event()
         self._rate_in, self._rate_out = RateWindow(), RateWindow()
         self._latency, self._compute, self._overhead = Stats(), Stats(), Stats()
@@ -232,6 +233,7 @@ class MvsNode(Node):
                     return
                 msg, t_recv = self._slot
                 self._slot = None
+                self._busy = True
             try:
                 self._process(msg, t_recv)
             except Exception as exc:  # noqa: BLE001 - the node must survive anything one frame does
@@ -239,6 +241,13 @@ class MvsNode(Node):
                 self._last_error = f"{type(exc).__name__}: {exc}"
                 self._warn("worker_error", f"frame at {msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d} "
                                            f"failed: {self._last_error}\n{traceback.format_exc()}")
+            finally:
+                self._busy = False
+
+    def idle(self) -> bool:
+        """True when no frame is waiting or being processed (the runner drains with it)."""
+        with self._slot_cv:
+            return self._slot is None and not self._busy
 
     def _lookup_pose(self, frame_id: str, stamp: int) -> Optional[np.ndarray]:
         cfg = self.config
