@@ -224,14 +224,20 @@ class MVSNet(nn.Module):
         -> ``(B, C, D, h, w)``. One-pass ``E[x^2] - E[x]^2`` in the official op order (float32 exact)."""
         B, V, C, h, w = features.shape
         D = grids.shape[2]
+        if V < 2 or grids.shape[1] != V - 1:
+            raise ValueError(f"need a reference and >= 1 source with one grid each, got {V} views, {grids.shape[1]} grids")
         ref = features[:, 0, :, None]                                                   # (B, C, 1, h, w)
-        volume_sum = ref.expand(B, C, D, h, w).clone()
-        volume_sq_sum = ref.pow(2).expand(B, C, D, h, w).clone()
+        volume_sum = volume_sq_sum = None
         for s in range(V - 1):
             warped = F.grid_sample(features[:, s + 1], grids[:, s].reshape(B, D * h, w, 2), mode="bilinear",
                                    padding_mode="zeros", align_corners=self.align_corners).view(B, C, D, h, w)
-            volume_sum += warped
-            volume_sq_sum += warped.pow_(2)
+            if volume_sum is None:
+                # ref + w and ref^2 + w^2 (float addition commutes: bitwise the official repeat-then-add order)
+                volume_sum = warped + ref
+                volume_sq_sum = warped.pow_(2).add_(ref.pow(2))
+            else:
+                volume_sum += warped
+                volume_sq_sum += warped.pow_(2)
             del warped
         return volume_sq_sum.div_(V).sub_(volume_sum.div_(V).pow_(2))
 
