@@ -90,20 +90,20 @@ def forward_warp_disparity(disparity: np.ndarray, weight: np.ndarray, K: np.ndar
     previous map bilinearly where each pixel came from (:func:`_resample_subpixel`).
     """
     h, w = disparity.shape
-    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    fxb = K[0, 0] * baseline
+    M, k = _pixel_transfer(K, T_cur_prev)
     v, u = np.nonzero(np.isfinite(disparity) & (disparity + doffs > 0))
-    d = disparity[v, u].astype(np.float64) + doffs
-    z = fx * baseline / d
-    P = np.stack([(u - cx) / fx * z, (v - cy) / fy * z, z], axis=1) @ T_cur_prev[:3, :3].T + T_cur_prev[:3, 3]
+    s = (disparity[v, u] + np.float32(doffs)) / np.float32(fxb)          # inverse depth
+    un, vn, sn = _transfer(u.astype(np.float32), v.astype(np.float32), s, M, k)
     out_d = np.full((h, w), np.nan, np.float32)
     out_w = np.zeros((h, w), np.float32)
-    front = P[:, 2] > 1e-6
-    P, wv = P[front], weight[v[front], u[front]]
-    un = np.rint(fx * P[:, 0] / P[:, 2] + cx).astype(np.int64)
-    vn = np.rint(fy * P[:, 1] / P[:, 2] + cy).astype(np.int64)
-    dn = fx * baseline / P[:, 2] - doffs
-    inside = (un >= 0) & (un < w) & (vn >= 0) & (vn < h)
-    lin, dn, wv = vn[inside] * w + un[inside], dn[inside], wv[inside]
+    with np.errstate(invalid="ignore"):
+        ok = (sn > 0) & (un > -0.5) & (un < w - 0.5) & (vn > -0.5) & (vn < h - 0.5)
+    ui = np.rint(un[ok]).astype(np.int64)
+    vi = np.rint(vn[ok]).astype(np.int64)
+    dn = sn[ok] * np.float32(fxb) - np.float32(doffs)
+    wv = weight[v[ok], u[ok]]
+    lin = vi * w + ui
     order = np.lexsort((-dn, lin))                 # by pixel, then nearest (largest disparity) first
     first = np.unique(lin[order], return_index=True)[1]
     keep = order[first]
@@ -116,6 +116,25 @@ def forward_warp_disparity(disparity: np.ndarray, weight: np.ndarray, K: np.ndar
     return out_d, out_w
 
 
+def _pixel_transfer(K: np.ndarray, T_cur_prev: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """``M = K R K^-1`` (3, 3) and ``k = K t`` (3,) of ``T_cur_prev = [R | t]`` (float32).
+
+    A previous pixel ``(u, v)`` with inverse depth ``s`` maps to ``(a / c, b / c)`` with inverse depth
+    ``s / c`` where ``(a, b, c) = M (u, v, 1) + k s`` (:func:`_transfer`)."""
+    R, t = T_cur_prev[:3, :3], T_cur_prev[:3, 3]
+    return (K @ R @ np.linalg.inv(K)).astype(np.float32), (K @ t).astype(np.float32)
+
+
+def _transfer(u: np.ndarray, v: np.ndarray, s: np.ndarray, M: np.ndarray, k: np.ndarray
+              ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixels ``(u, v)`` with inverse depth ``s`` (arrays of one shape) seen from the other camera."""
+    a = M[0, 0] * u + M[0, 1] * v + M[0, 2] + k[0] * s
+    b = M[1, 0] * u + M[1, 1] * v + M[1, 2] + k[1] * s
+    c = M[2, 0] * u + M[2, 1] * v + M[2, 2] + k[2] * s
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return a / c, b / c, s / c
+
+
 def _resample_subpixel(splat: np.ndarray, prev: np.ndarray, K: np.ndarray, baseline: float,
                        T_cur_prev: np.ndarray, doffs: float, tol_px: float = 0.5) -> np.ndarray:
     """Remove the rounding of a nearest-pixel splat: each current pixel, placed in 3-D with its splatted
@@ -123,23 +142,18 @@ def _resample_subpixel(splat: np.ndarray, prev: np.ndarray, K: np.ndarray, basel
     and moved back into the current camera. Where the bilinear sample mixes surfaces (it disagrees with
     the splat by more than ``tol_px``) or is missing, the splatted value stays."""
     h, w = splat.shape
-    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
-    z = fx * baseline / (splat.astype(np.float64) + doffs)
-    X = np.stack([(u - cx) / fx * z, (v - cy) / fy * z, z], axis=-1)
-    T_prev_cur = np.linalg.inv(T_cur_prev)
-    Xp = X @ T_prev_cur[:3, :3].T + T_prev_cur[:3, 3]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        up = fx * Xp[..., 0] / Xp[..., 2] + cx
-        vp = fy * Xp[..., 1] / Xp[..., 2] + cy
-    d_prev = cv2.remap(prev, np.nan_to_num(up, nan=-1e4).astype(np.float32),
-                       np.nan_to_num(vp, nan=-1e4).astype(np.float32), cv2.INTER_LINEAR,
+    fxb, off = np.float32(K[0, 0] * baseline), np.float32(doffs)
+    M_back, k_back = _pixel_transfer(K, np.linalg.inv(T_cur_prev))
+    M, k = _pixel_transfer(K, T_cur_prev)
+    u = np.arange(w, dtype=np.float32)[None, :]
+    v = np.arange(h, dtype=np.float32)[:, None]
+    up, vp, _ = _transfer(u, v, (splat + off) / fxb, M_back, k_back)
+    d_prev = cv2.remap(prev, np.nan_to_num(up, nan=-1e4), np.nan_to_num(vp, nan=-1e4), cv2.INTER_LINEAR,
                        borderMode=cv2.BORDER_CONSTANT, borderValue=np.nan)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        zp = fx * baseline / (d_prev.astype(np.float64) + doffs)
-        Y = np.stack([(up - cx) / fx * zp, (vp - cy) / fy * zp, zp], axis=-1)
-        d_cur = fx * baseline / (Y @ T_cur_prev[2, :3] + T_cur_prev[2, 3]) - doffs
-    good = np.isfinite(d_cur) & (np.abs(d_cur - splat) <= tol_px)
+    _, _, s_cur = _transfer(up, vp, (d_prev + off) / fxb, M, k)
+    d_cur = s_cur * fxb - off
+    with np.errstate(invalid="ignore"):
+        good = np.isfinite(d_cur) & (np.abs(d_cur - splat) <= tol_px)
     return np.where(good, d_cur, splat).astype(np.float32)
 
 
