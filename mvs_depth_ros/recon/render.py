@@ -149,3 +149,14 @@ def render_mesh_picture(mesh, camera_poses: Optional[Sequence[np.ndarray]] = Non
             spacing = float(np.median(nn)) if nn.size else 0.0
         splat = auto_splat(pts, K, T, spacing)
     return render_points(pts, cols, K, T, width, height, normals=nrm, splat=splat)
+
+
+def caption(img: np.ndarray, text: str) -> np.ndarray:
+    """A copy of ``img`` with ``text`` in its top-left corner (black on white outline)."""
+    import cv2
+    out = np.ascontiguousarray(img).copy()
+    scale = max(0.5, img.shape[1] / 900.0)
+    org = (8, int(24 * scale))
+    cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 4, cv2.LINE_AA)
+    cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return out
