@@ -49,7 +49,7 @@ def plane_depths() -> np.ndarray:
 
 
 def normalize_images(images: torch.Tensor) -> torch.Tensor:
-    """``(B, 3, H, W)`` 0..255 -> ``(x - 81) / 35`` (computed in float64 as the official numpy code, cast to float32)."""
+    """``(B, 3, H, W)`` 0..255 -> ``(x - 81) / 35``, in float64 as the official numpy code, cast to float32."""
     return ((images.double() - PIXEL_MEAN) / PIXEL_STD).float()
 
 
@@ -84,7 +84,8 @@ def pair_rays(K: torch.Tensor, ref_to_src: torch.Tensor, height: int, width: int
 
 
 def _down_conv_layer(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
-    """Conv(k, s1) -> BN -> ReLU -> Conv(k, s2) -> BN -> ReLU, no conv bias: ``(B, C_in, H, W) -> (B, C_out, H/2, W/2)``."""
+    """Conv(k, s1) -> BN -> ReLU -> Conv(k, s2) -> BN -> ReLU, no conv bias.
+    ``(B, C_in, H, W) -> (B, C_out, H/2, W/2)``."""
     pad = (kernel_size - 1) // 2
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size, stride=1, padding=pad, bias=False),
@@ -104,6 +105,11 @@ def _up_conv_layer(in_channels: int, out_channels: int, align_corners: bool) -> 
     return nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=align_corners),
                          nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
                          nn.BatchNorm2d(out_channels), nn.ReLU())
+
+
+def _nearest_up2(x: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour x2 upsampling of a coarse inverse-depth map (the official ``F.upsample`` default mode)."""
+    return F.interpolate(x, scale_factor=2, mode="nearest")
 
 
 def _disp_head(in_channels: int) -> nn.Sequential:
@@ -145,7 +151,8 @@ class MVDepthNet(nn.Module):
         depths = torch.tensor(plane_depths(), dtype=torch.float32)
         self.register_buffer("plane_depths", depths, persistent=False)                 # (64,) far -> near
 
-    def cost_volume(self, left: torch.Tensor, right: torch.Tensor, KRKiUV: torch.Tensor, KT: torch.Tensor) -> torch.Tensor:
+    def cost_volume(self, left: torch.Tensor, right: torch.Tensor, KRKiUV: torch.Tensor,
+                    KT: torch.Tensor) -> torch.Tensor:
         """Plane-sweep L1 cost. ``left (B, 3, H, W)``, ``right (B, S, 3, H, W)`` normalised images; ``KRKiUV
         (B, S, 3, H*W)`` (row-major pixels), ``KT (B, S, 3)``. Returns ``(B, 64, H, W)``: the mean over the ``S``
         sources of ``sum_c |warp(right_c) - left_c|`` (out-of-view samples are 0, unmasked, as in the official code)."""
@@ -174,12 +181,11 @@ class MVDepthNet(nn.Module):
         iconv5 = self.iconv5(torch.cat((self.upconv5(conv5), conv4), dim=1))
         iconv4 = self.iconv4(torch.cat((self.upconv4(iconv5), conv3), dim=1))
         disp4 = 2.0 * self.disp4(iconv4)
-        up = lambda x: F.interpolate(x, scale_factor=2, mode="nearest")               # noqa: E731
-        iconv3 = self.iconv3(torch.cat((self.upconv3(iconv4), conv2, up(disp4)), dim=1))
+        iconv3 = self.iconv3(torch.cat((self.upconv3(iconv4), conv2, _nearest_up2(disp4)), dim=1))
         disp3 = 2.0 * self.disp3(iconv3)
-        iconv2 = self.iconv2(torch.cat((self.upconv2(iconv3), conv1, up(disp3)), dim=1))
+        iconv2 = self.iconv2(torch.cat((self.upconv2(iconv3), conv1, _nearest_up2(disp3)), dim=1))
         disp2 = 2.0 * self.disp2(iconv2)
-        iconv1 = self.iconv1(torch.cat((self.upconv1(iconv2), up(disp2)), dim=1))
+        iconv1 = self.iconv1(torch.cat((self.upconv1(iconv2), _nearest_up2(disp2)), dim=1))
         disp1 = 2.0 * self.disp1(iconv1)
         disps = [disp1, disp2, disp3, disp4]
         if return_features:
@@ -259,8 +265,10 @@ class MVDepthNetEstimator(DepthEstimator):
         imgs = torch.from_numpy(np.ascontiguousarray(arr.transpose(0, 3, 1, 2))).to(self.device)
         return normalize_images(imgs).contiguous()
 
-    def confidence(self, cost: torch.Tensor, disp: torch.Tensor, KRKiUV: torch.Tensor, KT: torch.Tensor) -> torch.Tensor:
-        """``cost (1, 64, H, W)``, ``disp (1, 1, H, W)``, ``KRKiUV (S, 3, H*W)``, ``KT (S, 3)`` -> ``(H, W)`` in [0, 1]."""
+    def confidence(self, cost: torch.Tensor, disp: torch.Tensor, KRKiUV: torch.Tensor,
+                   KT: torch.Tensor) -> torch.Tensor:
+        """``cost (1, 64, H, W)``, ``disp (1, 1, H, W)`` (network inverse depth), ``KRKiUV (S, 3, H*W)``,
+        ``KT (S, 3)`` -> ``(H, W)`` in [0, 1] (see the class docstring)."""
         H, W = cost.shape[-2:]
         smooth = F.avg_pool2d(cost, 5, stride=1, padding=2, count_include_pad=False)
         prob = F.softmax(-smooth / self.temperature, dim=1)
@@ -303,6 +311,7 @@ def build(checkpoint: Optional[str] = None, device: str = "auto", **options) -> 
     (required). Options: ``min_depth``, ``max_depth``, ``channel_order`` ('rgb'), ``align_corners`` (True),
     ``confidence_temperature`` (0.2)."""
     if not checkpoint:
-        raise ValueError("mvdepthnet needs a checkpoint (the released opensource_model.pth.tar or a compatible state dict)")
+        raise ValueError("mvdepthnet needs a checkpoint "
+                         "(the released opensource_model.pth.tar or a compatible state dict)")
     model = load_mvdepthnet(checkpoint, align_corners=bool(options.pop("align_corners", True)))
     return MVDepthNetEstimator(model, device=device, **options)

@@ -225,7 +225,8 @@ class MVSNet(nn.Module):
         B, V, C, h, w = features.shape
         D = grids.shape[2]
         if V < 2 or grids.shape[1] != V - 1:
-            raise ValueError(f"need a reference and >= 1 source with one grid each, got {V} views, {grids.shape[1]} grids")
+            raise ValueError(f"need a reference and >= 1 source with one grid each, "
+                             f"got {V} views and {grids.shape[1]} grids")
         ref = features[:, 0, :, None]                                                   # (B, C, 1, h, w)
         volume_sum = volume_sq_sum = None
         for s in range(V - 1):
@@ -249,7 +250,8 @@ class MVSNet(nn.Module):
         del logits
         depth = expected_value(prob, depth_values)
         D = prob.shape[1]
-        index = expected_value(prob, torch.arange(D, device=prob.device, dtype=prob.dtype)[None].expand(prob.shape[0], D))
+        plane_index = torch.arange(D, device=prob.device, dtype=prob.dtype)[None].expand(prob.shape[0], D)
+        index = expected_value(prob, plane_index)
         confidence = window_confidence(prob, index.long())
         return {"depth": depth, "photometric_confidence": confidence, "prob_volume": prob, "expected_index": index}
 
