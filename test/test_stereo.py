@@ -104,6 +104,11 @@ def test_build_options():
         build(temporal=True, temporal_foo=1)
     with pytest.raises(ValueError, match="without temporal=True"):
         build(temporal_max_weight=2.0)
+    assert isinstance(build(checkpoint=None, device="cpu"), SGBMStereo)
+    with pytest.raises(ValueError, match="no weights"):
+        build(checkpoint="weights.ckpt")
+    with pytest.raises(ValueError, match="device"):
+        build(device="tpu")
     with pytest.raises(ValueError, match="multiple of 16"):
         SGBMConfig(num_disparities=40)
     with pytest.raises(ValueError, match="odd"):

@@ -15,14 +15,17 @@
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import cv2
 import numpy as np
 
 from ...core.frame import StereoFrame
 from ...core.stereo import StereoEstimator, StereoResult, disparity_to_depth, frame_doffs
+
+log = logging.getLogger(__name__)
 
 _MODES = {
     "sgbm": cv2.STEREO_SGBM_MODE_SGBM,
@@ -171,14 +174,22 @@ class SGBMStereo(StereoEstimator):
                             state=None, info=info)
 
 
-def build(**options: Any) -> StereoEstimator:
+def build(checkpoint: Optional[str] = None, device: str = "auto", **options: Any) -> StereoEstimator:
     """The classical backend: ``build(num_disparities=32, temporal=True, ...)``.
 
-    Options are :class:`SGBMConfig` fields; ``temporal`` (bool, default False) wraps it in the temporal
-    stage, whose :class:`~mvs_depth_ros.models.stereo.temporal.TemporalConfig` fields are passed as
+    Same calling convention as the registry's builders. ``checkpoint`` must be None (nothing to load);
+    ``device`` is validated but OpenCV's SGBM always runs on the CPU. Options are :class:`SGBMConfig`
+    fields; ``temporal`` (bool, default False) wraps it in the temporal stage, whose
+    :class:`~mvs_depth_ros.models.stereo.temporal.TemporalConfig` fields are passed as
     ``temporal_<field>`` (e.g. ``temporal_max_weight=4``). Unknown options are a clear error.
     """
+    from ..base import resolve_device
     from .temporal import TemporalConfig, TemporalStereo
+
+    if checkpoint:
+        raise ValueError(f"the classical SGBM backend has no weights; got checkpoint={checkpoint!r}")
+    if resolve_device(device).type != "cpu":
+        log.info("sgbm: device=%s requested; OpenCV StereoSGBM runs on the CPU", device)
 
     temporal = bool(options.pop("temporal", False))
     t_opts = {k[len("temporal_"):]: options.pop(k) for k in list(options) if k.startswith("temporal_")}
