@@ -55,6 +55,7 @@ class Feeder:
         return all(self.probe.wait_matched(p, timeout=30) for p in pubs)
 
     def send_info(self, K, w=W, h=H, frame="camera"):
+        self.K = K  # from now on camera_info goes out with every image, as camera drivers do
         self.info.publish(C.make_camera_info(K, w, h, C.make_header(0, frame)))
 
     def send_pose(self, T, stamp, frame="camera"):
@@ -64,6 +65,8 @@ class Feeder:
             self.pose.publish(C.make_pose_stamped(T, "odom", stamp))
 
     def send_image(self, rgb, stamp, frame="camera", encoding="rgb8"):
+        if getattr(self, "K", None) is not None and rgb.shape[:2] == (H, W):
+            self.info.publish(C.make_camera_info(self.K, W, H, C.make_header(stamp, frame)))
         self.image.publish(C.array_to_image(rgb, encoding, C.make_header(stamp, frame)))
 
 
