@@ -114,7 +114,7 @@ class MvsNode(Node):
         self._busy = False
         self._stop = threading.Event()
         self._rate_in, self._rate_out = RateWindow(), RateWindow()
-        self._latency, self._compute, self._overhead = Stats(), Stats(), Stats()
+        self._latency, self._compute, self._overhead, self._publish_ms = Stats(), Stats(), Stats(), Stats()
         self._last_error = ""
 
         # I/O ------------------------------------------------------------------------------------------
@@ -339,7 +339,9 @@ class MvsNode(Node):
         self.counters.keyframes = self.pipeline.counters.keyframes
         if step.result is None:
             return
+        t_pub = time.perf_counter()
         self._publish(msg, step, T, frame_id)
+        self._publish_ms.add((time.perf_counter() - t_pub) * 1e3)
         total = (time.perf_counter() - t_start) * 1e3
         self._compute.add(step.compute_ms)
         # node work around the model for this frame: decode, resize, conversions, publishing (not the
@@ -394,6 +396,7 @@ class MvsNode(Node):
         lat_mean, lat_max, _ = self._latency.summary()
         comp_mean, _, _ = self._compute.summary()
         ovh_mean, ovh_max, _ = self._overhead.summary()
+        pub_mean, _, _ = self._publish_ms.summary()
         problems = []
         if c.errors:
             problems.append(f"{c.errors} worker errors (last: {self._last_error})")
@@ -411,6 +414,7 @@ class MvsNode(Node):
         values = [("input_rate_hz", self._rate_in.rate()), ("output_rate_hz", self._rate_out.rate()),
                   ("latency_ms_mean", lat_mean), ("latency_ms_max", lat_max),
                   ("compute_ms_mean", comp_mean), ("node_overhead_ms_mean", ovh_mean), ("node_overhead_ms_max", ovh_max),
+                  ("publish_ms_mean", pub_mean),
                   ("device", str(self.estimator.device)), ("model", self.model_name),
                   ("pose_source", self.config.pose_source), ("tf_backend", self.tf_backend),
                   ("depth_estimate", "on" if self.pub_estimate is not None else "off"),
@@ -443,6 +447,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """``ros2 run mvs_depth_ros mvs_node --ros-args -p model:=planesweep ...``"""
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
     args = sys.argv if argv is None else argv
+    C.tune_allocator_for_large_messages()
     rclpy.init(args=args)
     node = None
     try:

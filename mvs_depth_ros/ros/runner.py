@@ -296,6 +296,8 @@ def run(specs: List[NodeSpec], duration: float = 0.0, eval_bag: bool = False) ->
     import rclpy
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
+    from .conversions import tune_allocator_for_large_messages
+    tune_allocator_for_large_messages()
     context = rclpy.context.Context()
     rclpy.init(args=[], context=context)
     nodes = []
