@@ -364,14 +364,15 @@ class MvsNode(Node):
         self.pub_depth.publish(depth_msg)
         self.pub_conf.publish(conf_msg)
         self.pub_info.publish(info_msg)
-        if self.pub_depth_mm is not None:
+        # the costly derived outputs are built only while someone subscribes to them
+        if self.pub_depth_mm is not None and self.pub_depth_mm.get_subscription_count():
             self.pub_depth_mm.publish(C.depth_to_image(depth, header, "16UC1"))
-        if cfg.publish_points:
+        if cfg.publish_points and self.pub_points.get_subscription_count():
             rgb = step.frame.image if step.frame.image.shape[:2] == (h, w) else None
             self.pub_points.publish(C.depth_to_pointcloud2(
                 depth, res.K, header, rgb=rgb, confidence=res.confidence if cfg.points_confidence else None,
                 dense=cfg.points_dense, stride=cfg.points_stride, max_range=cfg.points_max_range))
-        if self.pub_estimate is not None:
+        if self.pub_estimate is not None and self.pub_estimate.get_subscription_count():
             est = self._DepthEstimate()
             est.header = header
             est.depth, est.confidence, est.camera_info = depth_msg, conf_msg, info_msg
