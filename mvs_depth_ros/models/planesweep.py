@@ -9,20 +9,20 @@ Algorithm (all tensor ops in torch, so it runs on CPU or CUDA):
    measurement image (or behind it) are left out of the per-view average; a pixel no view sees at a plane
    gets a neutral cost, and a pixel no view sees at any plane is invalid (NaN). Pixels whose reference
    window has no texture get the neutral cost everywhere (flat curve -> low confidence).
-2. **Semi-global aggregation** (:func:`sgm_aggregate`) along 4 or 8 scanline directions, vectorised over a
-   whole column/row (and both opposite directions) per step, with an intensity-adaptive large-jump penalty.
+2. **Semi-global aggregation** (:func:`sgm_aggregate`) along 8 (or 4) scanline directions; one Python
+   loop step handles a whole row for all downward and upward passes at once (:func:`sgm_scan_rows`).
 3. **Winner and sub-plane refinement**: winner-take-all on the aggregated cost, parabola fit in plane
-   index (= inverse depth, the planes being uniform in it) (:func:`subplane_refine`).
-4. **Upsampling and local refinement** at the working resolution: the inverse depth is upsampled
-   bilinearly and refined by a small continuous sweep of ``refine_steps`` hypotheses around it with a
-   full-resolution ZNCC (:func:`local_refine`), again with a parabola fit.
-5. **Confidence** in [0, 1] (:func:`confidence_from_costs`): product of a matching-quality term (ZNCC of the
-   winner) and a distinctiveness term (margin between the best aggregated cost and the best cost away from
-   it). ``DepthResult.info["confidence_threshold"]`` holds the default threshold for ``filtered()``.
+   index, i.e. in inverse depth, the planes being uniform in it (:func:`subplane_refine`).
+4. **Upsampling**: inverse depth and confidence are upsampled bilinearly to the working resolution.
+   (A full-resolution local re-sweep around the upsampled depth was tried and lowered accuracy on the
+   HoloLens sample: unaggregated full-resolution ZNCC is noisier than the aggregated half-resolution fit.)
+5. **Confidence** in [0, 1] (:func:`confidence_from_costs`): a peak-ratio distinctiveness of the aggregated
+   cost curve times the square root of the winner's ZNCC; zero where the reference is textureless or no
+   view sees the pixel. ``DepthResult.info["confidence_threshold"]`` holds the default threshold for
+   ``DepthResult.filtered()``.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, fields
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -49,42 +49,37 @@ class PlaneSweepConfig:
     #: resolution of the cost volume and aggregation, relative to the working resolution (1 or 0.5)
     cost_scale: float = 0.5
     #: ZNCC window (odd) at the cost resolution
-    window: int = 5
+    window: int = 7
     #: SGM small-jump (+-1 plane) and large-jump penalties, in units of the (1 - ZNCC) / 2 cost
-    p1: float = 0.03
-    p2: float = 0.25
-    #: large-jump penalty shrinks to p2 / (1 + |dI| / p2_edge) across intensity edges (intensity in [0, 1])
-    p2_edge: float = 0.05
+    p1: float = 0.1
+    p2: float = 1.5
+    #: if > 0, the large-jump penalty shrinks to p2 / (1 + |dI| / p2_edge) across intensity edges
+    #: (intensity in [0, 1]); off by default: it lowered accuracy on the HoloLens sample
+    p2_edge: float = 0.0
     #: number of SGM directions: 4 (horizontal + vertical) or 8 (+ diagonals); 0 disables aggregation
-    sgm_paths: int = 4
+    sgm_paths: int = 8
     #: reference windows with an intensity standard deviation below this get the neutral cost
-    min_texture_std: float = 0.01
+    min_texture_std: float = 0.03
     #: cost of a (pixel, plane) no measurement view sees, and of textureless windows
     neutral_cost: float = 0.5
-    #: full-resolution refinement: number of hypotheses spanning +-refine_span plane steps (0 disables)
-    refine_steps: int = 5
-    refine_span: float = 1.0
-    refine_window: int = 7
-    #: confidence = quality * distinctiveness; margin of the aggregated cost that maps to full distinctiveness
-    confidence_margin: float = 0.1
+    #: planes within this distance of the winner do not count as competitors for the confidence
+    confidence_exclude: int = 2
     #: default threshold used for the "filtered" numbers (DepthResult.info["confidence_threshold"])
-    confidence_threshold: float = 0.3
+    confidence_threshold: float = 0.45
 
     def __post_init__(self) -> None:
         if self.n_planes < 3:
             raise ValueError(f"n_planes must be >= 3, got {self.n_planes}")
         if not (0.0 < self.cost_scale <= 1.0):
             raise ValueError(f"cost_scale must be in (0, 1], got {self.cost_scale}")
-        for name in ("window", "refine_window"):
-            v = getattr(self, name)
-            if v < 1 or v % 2 == 0:
-                raise ValueError(f"{name} must be a positive odd integer, got {v}")
+        if self.window < 1 or self.window % 2 == 0:
+            raise ValueError(f"window must be a positive odd integer, got {self.window}")
         if self.sgm_paths not in (0, 4, 8):
             raise ValueError(f"sgm_paths must be 0, 4 or 8, got {self.sgm_paths}")
         if self.p1 < 0 or self.p2 < self.p1:
             raise ValueError(f"need 0 <= p1 <= p2, got p1={self.p1}, p2={self.p2}")
-        if self.refine_steps < 0 or self.refine_steps == 1 or self.refine_steps == 2:
-            raise ValueError(f"refine_steps must be 0 or >= 3, got {self.refine_steps}")
+        if self.confidence_exclude < 0:
+            raise ValueError(f"confidence_exclude must be >= 0, got {self.confidence_exclude}")
         if not (0.0 <= self.confidence_threshold <= 1.0):
             raise ValueError(f"confidence_threshold must be in [0, 1], got {self.confidence_threshold}")
 
@@ -113,23 +108,26 @@ def plane_sweep_grid(K_ref: torch.Tensor, K_src: torch.Tensor, T_src_ref: torch.
         (in front of the source camera and inside its image).
     """
     dev, dt = depths.device, torch.float32
+    # fold the pixel -> grid_sample normalisation into the source intrinsics (affine, so it commutes
+    # with the perspective division)
+    norm = torch.tensor([[2.0 / max(width - 1, 1), 0.0, -1.0], [0.0, 2.0 / max(height - 1, 1), -1.0],
+                         [0.0, 0.0, 1.0]], dtype=K_src.dtype, device=K_src.device)
+    KN = norm @ K_src
+    M = (KN @ T_src_ref[:3, :3] @ torch.linalg.inv(K_ref)).to(dt)                        # (3, 3)
     v, u = torch.meshgrid(torch.arange(height, device=dev, dtype=dt), torch.arange(width, device=dev, dtype=dt),
                           indexing="ij")
-    pix = torch.stack([u, v, torch.ones_like(u)], 0).reshape(3, -1)                     # (3, HW)
-    M = (K_src @ T_src_ref[:3, :3] @ torch.linalg.inv(K_ref)).to(dt)                     # (3, 3)
-    a = (M @ pix).reshape(3, 1, height, width)                                           # (3, 1, H, W)
-    b = (K_src @ T_src_ref[:3, 3:4]).to(dt).reshape(3, 1, 1, 1)                          # (3, 1, 1, 1)
+    pix = torch.stack([u, v, torch.ones_like(u)], -1)                                     # (H, W, 3)
+    a = pix @ M.T                                                                         # (H, W, 3)
+    b = (KN @ T_src_ref[:3, 3]).to(dt)                                                    # (3,)
     d = depths.to(dt)
-    d = d.reshape(-1, 1, 1) if d.ndim == 1 else d                                        # (D, H|1, W|1)
-    x = d * a[0] + b[0]
-    y = d * a[1] + b[1]
-    z = d * a[2] + b[2]
-    valid = z > 1e-6
-    z = torch.where(valid, z, torch.ones_like(z))
-    us, vs = x / z, y / z
-    valid &= (us >= 0) & (us <= width - 1) & (vs >= 0) & (vs <= height - 1)
-    grid = torch.stack([us * (2.0 / max(width - 1, 1)) - 1.0, vs * (2.0 / max(height - 1, 1)) - 1.0], -1)
-    grid = torch.where(valid[..., None], grid, torch.full_like(grid, -2.0))
+    d = d.reshape(-1, 1, 1, 1) if d.ndim == 1 else d[..., None]                           # (D, H|1, W|1, 1)
+    proj = torch.addcmul(b, d, a)                                                         # (D, H, W, 3)
+    z = proj[..., 2:]
+    valid = z[..., 0] > 1e-6
+    grid = proj[..., :2] / z.clamp_min(1e-6)
+    # invalid samples are masked by the caller; clamping keeps them finite for grid_sample
+    grid.clamp_(-2.0, 2.0)
+    valid &= grid.abs().amax(-1) <= 1.0
     return grid, valid
 
 
@@ -142,12 +140,28 @@ def warp_planes(src: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 
 
 def box_mean(x: torch.Tensor, window: int) -> torch.Tensor:
-    """Separable box mean of ``(N, 1, H, W)`` over ``window x window`` (edges: mean over the valid part)."""
+    """Box mean of ``(N, 1, H, W)`` over ``window x window``, borders reflected (OpenCV's REFLECT_101).
+
+    On CPU this runs OpenCV's box filter per slice (several times faster than ``avg_pool2d``); elsewhere
+    a separable cumulative-sum filter with the same border rule.
+    """
     if window == 1:
         return x
     r = window // 2
-    x = F.avg_pool2d(x, (1, window), stride=1, padding=(0, r), count_include_pad=False)
-    return F.avg_pool2d(x, (window, 1), stride=1, padding=(r, 0), count_include_pad=False)
+    N, C, H, W = x.shape
+    if x.device.type == "cpu" and x.dtype == torch.float32 and H > r and W > r:
+        src = x.detach().contiguous().numpy().reshape(N * C, H, W)
+        out = np.empty_like(src)
+        for i in range(N * C):
+            cv2.blur(src[i], (window, window), dst=out[i], borderType=cv2.BORDER_REFLECT_101)
+        return torch.from_numpy(out).reshape(N, C, H, W)
+    # cumulative sums: pad by r (reflect) plus a leading zero, difference at distance `window`
+    y = F.pad(x, (r, r, 0, 0), mode="reflect" if W > r else "replicate")
+    y = F.pad(y.cumsum(3), (1, 0, 0, 0))
+    y = (y[..., window:] - y[..., :-window]) * (1.0 / window)
+    y = F.pad(y, (0, 0, r, r), mode="reflect" if H > r else "replicate")
+    y = F.pad(y.cumsum(2), (0, 0, 1, 0))
+    return (y[:, :, window:] - y[:, :, :-window]) * (1.0 / window)
 
 
 def window_stats(ref: torch.Tensor, window: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -174,59 +188,76 @@ def zncc_cost(ref: torch.Tensor, ref_mu: torch.Tensor, ref_sigma: torch.Tensor, 
     return ((1.0 - zncc.clamp(-1.0, 1.0)) * 0.5).squeeze(1)
 
 
-def _sgm_scan(cost: torch.Tensor, p1: float, p2: torch.Tensor) -> torch.Tensor:
-    """One family of scanline passes.
-
-    Args:
-        cost: ``(S, B, D, N)`` cost slices in scan order (``S`` steps; ``B`` independent passes, e.g. the
-            forward and the flipped backward direction; ``N`` pixels along each slice).
-        p2: ``(S, B, 1, N)`` large-jump penalty for entering step ``s`` from step ``s - 1``.
-    Returns:
-        ``(S, B, D, N)`` path costs with the running minimum subtracted (values stay bounded).
-    """
-    out = torch.empty_like(cost)
-    prev = cost[0]
-    out[0] = prev
-    inf = torch.full_like(prev[:, :1], float("inf"))
-    for s in range(1, cost.shape[0]):
-        m = prev.amin(dim=1, keepdim=True)                                               # (B, 1, N)
-        best = torch.minimum(prev, m + p2[s])
-        shifted = torch.minimum(torch.cat([prev[:, 1:], inf], 1), torch.cat([inf, prev[:, :-1]], 1)) + p1
-        torch.minimum(best, shifted, out=best)
-        prev = cost[s] + best - m
-        out[s] = prev
-    return out
-
-
-def _adaptive_p2(gray: torch.Tensor, p2: float, p2_edge: float, dim: int) -> torch.Tensor:
-    """``(H, W)`` penalty for stepping into each pixel along ``dim`` (forward); index 0 unused."""
-    diff = torch.zeros_like(gray)
-    if dim == 1:
-        diff[:, 1:] = (gray[:, 1:] - gray[:, :-1]).abs()
-    else:
-        diff[1:] = (gray[1:] - gray[:-1]).abs()
+def _edge_penalty(gray: torch.Tensor, dy: int, dx: int, p2: float, p2_edge: float) -> torch.Tensor:
+    """``(H, W)`` large-jump penalty for stepping into each pixel from its neighbour at ``(-dy, -dx)``:
+    ``p2 / (1 + |dI| / p2_edge)`` (image borders replicated)."""
     if p2_edge <= 0:
         return torch.full_like(gray, p2)
-    return p2 / (1.0 + diff / p2_edge)
+    H, W = gray.shape
+    prev = F.pad(gray[None, None], (1, 1, 1, 1), mode="replicate")[0, 0]
+    prev = prev[1 - dy:1 - dy + H, 1 - dx:1 - dx + W]
+    return p2 / (1.0 + (gray - prev).abs() / p2_edge)
 
 
-def _shear(x: torch.Tensor, sign: int) -> torch.Tensor:
-    """Shear ``(D, H, W)`` so that diagonals become columns: row ``i`` shifted by ``sign * i`` (inf-padded).
+def sgm_scan_rows(cost: torch.Tensor, gray: torch.Tensor, shifts: Sequence[int], p1: float, p2: float,
+                  p2_edge: float) -> torch.Tensor:
+    """Sum of SGM path costs of row-by-row scans, downwards and upwards, in one Python loop.
 
-    Returns ``(D, H, W + H - 1)``.
+    Each pass walks the rows of the volume; pixel ``n`` of a row follows pixel ``n - shift`` of the
+    previous row (``shift`` 0: vertical path, +-1: diagonal). For every shift one downward and one upward
+    pass run together, vectorised over the row, the planes and the passes. Recurrence (Hirschmueller 2008):
+    ``L(p, d) = C(p, d) + min(L(q, d), L(q, d +- 1) + P1, min_k L(q, k) + P2(p)) - min_k L(q, k)``; a path
+    entering from outside the image starts fresh.
+
+    Args:
+        cost: ``(D, S, N)`` matching cost (``S`` rows of ``N`` pixels).
+        gray: ``(S, N)`` reference intensity for the edge-adaptive ``P2``.
+        shifts: column shifts of the passes, e.g. ``(0,)`` or ``(0, 1, -1)``.
+    Returns:
+        ``(D, S, N)`` sum over the ``2 * len(shifts)`` passes.
     """
-    D, H, W = x.shape
-    out = x.new_full((D, H, W + H - 1), float("inf"))
-    idx = torch.arange(H, device=x.device)
-    offs = idx if sign > 0 else (H - 1 - idx)
-    cols = offs[:, None] + torch.arange(W, device=x.device)[None, :]                     # (H, W)
-    out.scatter_(2, cols[None].expand(D, H, W), x)
-    return out, cols
+    D, S, N = cost.shape
+    P = len(shifts)
+    # penalties in step order: (S, 2P, 1, N); upward passes enter row r from row r + 1
+    pen_dn = torch.stack([_edge_penalty(gray, 1, sh, p2, p2_edge) for sh in shifts], 1)
+    pen_up = torch.stack([_edge_penalty(gray, -1, sh, p2, p2_edge) for sh in shifts], 1).flip(0)
+    pen = torch.cat([pen_dn, pen_up], 1).unsqueeze(2)
+    total = torch.zeros_like(cost)
+    # previous row of every pass, with an inf plane on each side (the +-1 plane transitions) and a zero
+    # column on each side (fresh start for diagonal paths entering from outside the row)
+    buf = cost.new_zeros((2 * P, D + 2, N + 2))
+    buf[:, 0] = float("inf")
+    buf[:, -1] = float("inf")
+    prev = buf[:, 1:-1, 1:-1]
+    best = cost.new_empty((2 * P, D, N))
+    m = cost.new_empty((2 * P, 1, N))
+    for s in range(S):
+        r_up = S - 1 - s
+        if s == 0:
+            best[:P] = cost[:, 0]
+            best[P:] = cost[:, r_up]
+        else:
+            torch.amin(prev, dim=1, keepdim=True, out=m)
+            torch.minimum(buf[:, :-2, 1:-1], buf[:, 2:, 1:-1], out=best)
+            best += p1
+            torch.minimum(best, prev, out=best)
+            torch.minimum(best, m + pen[s], out=best)
+            best -= m
+            best[:P] += cost[:, s]
+            best[P:] += cost[:, r_up]
+        total[:, s] += best[:P].sum(0)
+        total[:, r_up] += best[P:].sum(0)
+        for k, sh in enumerate(shifts):          # passes k and P + k share the shift
+            buf[k::P, 1:-1, 1 + sh:N + 1 + sh] = best[k::P]
+    return total
 
 
 def sgm_aggregate(cost: torch.Tensor, gray: torch.Tensor, p1: float, p2: float, p2_edge: float,
-                  paths: int = 4) -> torch.Tensor:
+                  paths: int = 8) -> torch.Tensor:
     """Semi-global aggregation: sum over ``paths`` (4 or 8) directions of the SGM path costs.
+
+    Vertical and diagonal passes scan rows (:func:`sgm_scan_rows`); horizontal passes scan the rows of
+    the transposed volume.
 
     Args:
         cost: ``(D, H, W)`` matching cost.
@@ -234,34 +265,11 @@ def sgm_aggregate(cost: torch.Tensor, gray: torch.Tensor, p1: float, p2: float, 
     Returns:
         ``(D, H, W)`` aggregated cost (sum over directions).
     """
-    D, H, W = cost.shape
-    # horizontal: left->right and right->left together; scan over columns
-    ph = _adaptive_p2(gray, p2, p2_edge, dim=1)                                           # (H, W)
-    c = torch.stack([cost, cost.flip(2)], 0).permute(3, 0, 1, 2).contiguous()            # (W, 2, D, H)
-    pen_b = _adaptive_p2(gray.flip(1), p2, p2_edge, dim=1)
-    pen = torch.stack([ph, pen_b], 0).permute(2, 0, 1).unsqueeze(2).contiguous()         # (W, 2, 1, H)
-    lh = _sgm_scan(c, p1, pen).permute(1, 2, 3, 0)                                       # (2, D, H, W)
-    total = lh[0] + lh[1].flip(2)
-    # vertical: top->bottom and bottom->top; scan over rows
-    pv = _adaptive_p2(gray, p2, p2_edge, dim=0)
-    c = torch.stack([cost, cost.flip(1)], 0).permute(2, 0, 1, 3).contiguous()            # (H, 2, D, W)
-    pen_b = _adaptive_p2(gray.flip(0), p2, p2_edge, dim=0)
-    pen = torch.stack([pv, pen_b], 0).permute(1, 0, 2).unsqueeze(2).contiguous()         # (H, 2, 1, W)
-    lv = _sgm_scan(c, p1, pen).permute(1, 2, 0, 3)                                       # (2, D, H, W)
-    total = total + lv[0] + lv[1].flip(1)
-    if paths == 8:
-        # diagonals: shear so that each diagonal becomes a row scan (vertical scan on the sheared volume)
-        pd = torch.full((H, W), p2, device=cost.device, dtype=cost.dtype)
-        for sign in (1, -1):
-            sh, cols = _shear(cost, sign)                                                 # (D, H, W')
-            sh = torch.where(torch.isinf(sh), torch.full_like(sh, 0.0), sh)
-            c = torch.stack([sh, sh.flip(1)], 0).permute(2, 0, 1, 3).contiguous()        # (H, 2, D, W')
-            pen = torch.full((H, 2, 1, sh.shape[2]), p2, device=cost.device, dtype=cost.dtype)
-            l = _sgm_scan(c, p1, pen).permute(1, 2, 0, 3)                                # (2, D, H, W')
-            l = l[0] + l[1].flip(1)
-            total = total + torch.gather(l, 2, cols[None].expand(D, H, W))
-        del pd
-    return total
+    if paths not in (4, 8):
+        raise ValueError(f"paths must be 4 or 8, got {paths}")
+    rows = sgm_scan_rows(cost, gray, (0, 1, -1) if paths == 8 else (0,), p1, p2, p2_edge)
+    cols = sgm_scan_rows(cost.transpose(1, 2).contiguous(), gray.t().contiguous(), (0,), p1, p2, p2_edge)
+    return rows.add_(cols.transpose(1, 2))
 
 
 def subplane_refine(cost: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -278,26 +286,29 @@ def subplane_refine(cost: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def confidence_from_costs(agg: torch.Tensor, idx: torch.Tensor, match_cost: torch.Tensor,
-                          margin_scale: float, exclude: int = 2) -> torch.Tensor:
+                          exclude: int = 2) -> torch.Tensor:
     """Confidence in [0, 1] from the aggregated cost curve and the raw matching cost of the winner.
 
+    ``distinctiveness = 1 - best / second`` where ``second`` is the lowest aggregated cost more than
+    ``exclude`` planes away from the winner (a peak-ratio test: 0 for a flat or ambiguous curve), and
+    ``quality = 1 - 2 * match_cost`` is the ZNCC of the winning plane clamped to [0, 1].
+
     Args:
-        agg: ``(D, H, W)`` aggregated cost, normalised per direction.
+        agg: ``(D, H, W)`` aggregated cost (non-negative).
         idx: ``(H, W)`` winning plane.
         match_cost: ``(H, W)`` raw matching cost ``(1 - zncc) / 2`` at the winner.
-        margin_scale: aggregated-cost margin mapped to full distinctiveness.
-        exclude: planes within this distance of the winner are not competitors.
     Returns:
-        ``(H, W)`` = ``clamp(1 - 2 * match_cost) * clamp(margin / margin_scale)``.
+        ``(H, W)`` ``distinctiveness * sqrt(quality)``.
     """
     D = agg.shape[0]
     best = torch.gather(agg, 0, idx[None])[0]
     planes = torch.arange(D, device=agg.device).reshape(D, 1, 1)
     far = (planes - idx[None]).abs() > exclude
     second = torch.where(far, agg, torch.full_like(agg, float("inf"))).amin(0)
-    margin = (second - best).clamp_min(0.0)
+    distinct = torch.where(torch.isfinite(second) & (second > 0), 1.0 - best / second.clamp_min(1e-12),
+                           torch.zeros_like(best)).clamp(0.0, 1.0)
     quality = (1.0 - 2.0 * match_cost).clamp(0.0, 1.0)
-    return quality * (margin / margin_scale).clamp(0.0, 1.0)
+    return distinct * quality.sqrt()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -326,7 +337,7 @@ def _view_cost(ref: torch.Tensor, ref_mu: torch.Tensor, ref_sigma: torch.Tensor,
 
 
 class PlaneSweepEstimator(DepthEstimator):
-    """Plane sweep + ZNCC + semi-global aggregation + refinement. Stateless; any number of views >= 1."""
+    """Plane sweep + ZNCC + semi-global aggregation + sub-plane fit. Stateless; any number of views >= 1."""
 
     name = "planesweep"
     recurrent = False
@@ -401,15 +412,15 @@ class PlaneSweepEstimator(DepthEstimator):
         t_agg = time.perf_counter()
 
         # 3. winner + sub-plane
-        idx = agg.argmin(0)
+        idx = agg.min(0).indices
         frac = subplane_refine(agg, idx)
         step = inv_planes[1] - inv_planes[0]
         inv_c = inv_planes[0] + frac * step                                                # (h, w)
         match = torch.gather(cost, 0, idx[None])[0]
-        conf_c = confidence_from_costs(agg, idx, match, cfg.confidence_margin)
+        conf_c = confidence_from_costs(agg, idx, match, cfg.confidence_exclude)
         conf_c = torch.where(seen & ~textureless, conf_c, torch.zeros_like(conf_c))
 
-        # 4. upsample + local refinement at the working resolution
+        # 4. upsample to the working resolution
         if (w, h) != (W, H):
             up = lambda t: F.interpolate(t[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
             inv = up(inv_c)
@@ -417,9 +428,7 @@ class PlaneSweepEstimator(DepthEstimator):
             seen_f = up(seen.float()) > 0.5
         else:
             inv, conf, seen_f = inv_c, conf_c, seen
-        if cfg.refine_steps:
-            inv, conf = self._local_refine(reference, measurements, T_src_refs, inv, conf, float(step))
-        t_ref = time.perf_counter()
+        t_up = time.perf_counter()
 
         inv = inv.clamp(float(inv_planes[0]), float(inv_planes[-1]))
         depth = 1.0 / inv
@@ -432,31 +441,10 @@ class PlaneSweepEstimator(DepthEstimator):
             "cost_resolution": (w, h),
             "ms_cost": (t_cost - t0) * 1e3,
             "ms_aggregation": (t_agg - t_cost) * 1e3,
-            "ms_refine": (t_ref - t_agg) * 1e3,
+            "ms_winner_upsample": (t_up - t_agg) * 1e3,
         }
         return DepthResult(depth=depth.float().cpu().numpy(), confidence=conf.float().cpu().numpy(),
                            K=reference.K.copy(), state=None, info=info)
-
-    def _local_refine(self, reference: Frame, measurements: Sequence[Frame], T_src_refs, inv: torch.Tensor,
-                      conf: torch.Tensor, step: float) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Continuous sweep of ``refine_steps`` inverse depths in ``inv +- refine_span * step`` with a
-        full-resolution ZNCC; parabola fit around the best one. Returns refined ``inv`` and ``conf``."""
-        cfg = self.config
-        W, H = reference.width, reference.height
-        ref, K_ref = self._pyramid_level(reference, W, H)
-        srcs, Ks = zip(*(self._pyramid_level(m, W, H) for m in measurements))
-        n = cfg.refine_steps
-        offsets = torch.linspace(-cfg.refine_span, cfg.refine_span, n, device=inv.device) * step   # (n,)
-        hyp = (inv[None] + offsets.reshape(n, 1, 1)).clamp_min(1e-6)                       # (n, H, W)
-        mu, sigma = window_stats(ref, cfg.refine_window)
-        cost, count = _view_cost(ref, mu, sigma, srcs, K_ref, Ks, T_src_refs, 1.0 / hyp, cfg.refine_window,
-                                 cfg.neutral_cost)
-        best = cost.argmin(0)
-        frac = subplane_refine(cost, best)
-        spacing = 2.0 * cfg.refine_span * step / (n - 1)
-        refined = inv + (frac - (n - 1) / 2.0) * spacing
-        ok = (count.amin(0) > 0) & (sigma[0, 0] >= cfg.min_texture_std)
-        return torch.where(ok, refined, inv), conf
 
 
 def build(device: str = "auto", min_depth: float = 0.25, max_depth: float = 20.0, **options) -> PlaneSweepEstimator:
