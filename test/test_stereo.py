@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from mvs_depth_ros.core.frame import StereoFrame
-from mvs_depth_ros.core.stereo import (OffsetStereoFrame, StereoPipeline, StereoPipelineConfig, StereoResult,
+from mvs_depth_ros.core.stereo import (StereoPipeline, StereoPipelineConfig, StereoResult,
                                        depth_to_disparity, disparity_to_depth, frame_doffs)
 from mvs_depth_ros.data.synthetic import render_stereo_sequence
 from mvs_depth_ros.eval.stereo_metrics import disparity_metrics
@@ -37,7 +37,7 @@ def test_disparity_depth_round_trip():
 def test_offset_frame_and_result_validation(pairs):
     p = pairs[0]
     assert frame_doffs(p) == 0.0
-    o = OffsetStereoFrame(left=p.left, right=p.right, K=p.K, baseline=0.2, doffs=12.5)
+    o = StereoFrame(left=p.left, right=p.right, K=p.K, baseline=0.2, doffs=12.5)
     assert isinstance(o, StereoFrame) and frame_doffs(o) == 12.5
     z = np.zeros((4, 5), np.float32)
     with pytest.raises(ValueError, match="float32"):

@@ -113,7 +113,11 @@ class Frame:
 
 @dataclass
 class StereoFrame:
-    """A rectified stereo pair: ``K`` of the left image, ``baseline`` in metres (right camera at +x)."""
+    """A rectified stereo pair: ``K`` of the left image, ``baseline`` in metres (right camera at +x).
+
+    ``doffs`` is the principal-point offset ``cx_right - cx_left`` in pixels (0 for most cameras;
+    Middlebury publishes one): depth ``Z = fx * baseline / (disparity + doffs)``.
+    """
 
     left: np.ndarray
     right: np.ndarray
@@ -124,6 +128,7 @@ class StereoFrame:
     name: str = ""
     T_world_cam: Optional[np.ndarray] = None
     disparity_gt: Optional[np.ndarray] = None
+    doffs: float = 0.0
 
     def __post_init__(self) -> None:
         for side, img in (("left", self.left), ("right", self.right)):
@@ -134,6 +139,8 @@ class StereoFrame:
         self.K = np.asarray(self.K, dtype=np.float64)
         if not (np.isfinite(self.baseline) and self.baseline > 0):
             raise ValueError(f"StereoFrame {self.name!r}: baseline must be > 0, got {self.baseline}")
+        if not np.isfinite(self.doffs):
+            raise ValueError(f"StereoFrame {self.name!r}: doffs must be finite, got {self.doffs}")
 
 
 @dataclass

@@ -49,22 +49,9 @@ def depth_to_disparity(depth: np.ndarray, fx: float, baseline: float, doffs: flo
     return out
 
 
-@dataclass
-class OffsetStereoFrame(StereoFrame):
-    """A rectified pair whose principal points differ along x by ``doffs`` pixels (``cx_right - cx_left``,
-    e.g. Middlebury): ``Z = fx * baseline / (d + doffs)``. Everything else is a :class:`StereoFrame`."""
-
-    doffs: float = 0.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not np.isfinite(self.doffs):
-            raise ValueError(f"StereoFrame {self.name!r}: doffs must be finite, got {self.doffs}")
-
-
 def frame_doffs(frame: StereoFrame) -> float:
-    """The pair's ``doffs`` (pixels): ``frame.doffs`` when the frame carries one, else 0."""
-    return float(getattr(frame, "doffs", 0.0) or 0.0)
+    """The pair's ``doffs`` (pixels)."""
+    return float(frame.doffs)
 
 
 @dataclass

@@ -19,7 +19,8 @@ from typing import Dict, Optional, Union
 import cv2
 import numpy as np
 
-from ..core.stereo import OffsetStereoFrame, disparity_to_depth
+from ..core.frame import StereoFrame
+from ..core.stereo import disparity_to_depth
 
 PathLike = Union[str, os.PathLike]
 
@@ -137,7 +138,7 @@ class MiddleburyPair:
     ``disparity_gt`` float32 NaN unknown), ``depth_gt`` metres (NaN unknown), ``nonocc`` mask (bool,
     None when absent), ``disparity_right_gt`` (None when absent) and the parsed ``calib``."""
 
-    frame: OffsetStereoFrame
+    frame: StereoFrame
     depth_gt: np.ndarray
     nonocc: Optional[np.ndarray]
     disparity_right_gt: Optional[np.ndarray]
@@ -180,7 +181,7 @@ def load_middlebury(folder: PathLike, name: Optional[str] = None) -> MiddleburyP
         if m is None or m.shape != disp.shape:
             raise MiddleburyError(f"{root / 'mask0nocc.png'}: unreadable or wrong size")
         nonocc = m == 255
-    frame = OffsetStereoFrame(left=left, right=right, K=calib.K0, baseline=calib.baseline_m,
+    frame = StereoFrame(left=left, right=right, K=calib.K0, baseline=calib.baseline_m,
                               frame_id="camera", name=name or root.name, disparity_gt=disp, doffs=calib.doffs)
     depth = disparity_to_depth(disp, calib.K0[0, 0], calib.baseline_m, calib.doffs)
     return MiddleburyPair(frame=frame, depth_gt=depth, nonocc=nonocc, disparity_right_gt=disp_r, calib=calib)

@@ -56,3 +56,33 @@ def create_model(name: str = DEFAULT_MODEL, checkpoint: Optional[str] = None, de
     if name == "planesweep":
         return builder(device=device, **options)
     return builder(checkpoint=checkpoint, device=device, **options)
+
+
+# ------------------------------------------------------------------------------------------- stereo
+#: stereo registry name -> "module:callable" (interface: core/stereo.py StereoEstimator)
+_STEREO_BUILDERS: Dict[str, str] = {
+    "sgbm": "mvs_depth_ros.models.stereo.sgbm:build",
+    "dynamic_stereo": "mvs_depth_ros.models.stereo.dynamic_stereo:build",
+}
+DEFAULT_STEREO_MODEL = "sgbm"
+
+
+def available_stereo_models() -> List[str]:
+    return sorted(_STEREO_BUILDERS)
+
+
+def create_stereo_model(name: str = DEFAULT_STEREO_MODEL, checkpoint: Optional[str] = None, device: str = "auto",
+                        **options):
+    """Build a stereo estimator by name; a learned one without weights falls back to SGBM with a log line."""
+    if name not in _STEREO_BUILDERS:
+        raise ValueError(f"unknown stereo model {name!r}; available: {', '.join(available_stereo_models())}")
+    if name != DEFAULT_STEREO_MODEL and not checkpoint:
+        log.warning("stereo model %r needs a checkpoint and none is configured: falling back to the classical "
+                    "'sgbm' matcher", name)
+        name = DEFAULT_STEREO_MODEL
+    module_name, attr = _STEREO_BUILDERS[name].split(":")
+    try:
+        builder = getattr(importlib.import_module(module_name), attr)
+    except ImportError as exc:
+        raise RuntimeError(f"stereo model {name!r} is not available in this install: {exc}") from exc
+    return builder(checkpoint=checkpoint, device=device, **options)
