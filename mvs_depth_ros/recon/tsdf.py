@@ -205,11 +205,25 @@ class TSDFVolume:
         return coords[idx], min(n_new, max(room, 0)), dropped
 
     # ------------------------------------------------------------------------------------------ outputs
+    @staticmethod
+    def _extract(fn, weight_threshold: float):
+        """open3d 0.20 raises (instead of returning an empty geometry) when no voxel passes the weight
+        threshold yet, e.g. after the first frame: None then."""
+        try:
+            return fn(weight_threshold)
+        except RuntimeError as exc:
+            if "shape {0}" in str(exc) or "is empty" in str(exc).lower():
+                return None
+            raise
+
     def point_cloud(self, weight_threshold: float = 1.0) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         """Surface points ``(N, 3)`` float32 (world) and colours ``(N, 3)`` uint8 (or None)."""
+        empty = np.zeros((0, 3), np.float32), (np.zeros((0, 3), np.uint8) if self.config.color else None)
         if self.n_blocks == 0:
-            return np.zeros((0, 3), np.float32), (np.zeros((0, 3), np.uint8) if self.config.color else None)
-        pcd = self._vbg.extract_point_cloud(weight_threshold)
+            return empty
+        pcd = self._extract(self._vbg.extract_point_cloud, weight_threshold)
+        if pcd is None:
+            return empty
         pts = pcd.point.positions.cpu().numpy().astype(np.float32) if "positions" in pcd.point else np.zeros((0, 3), np.float32)
         cols = None
         if self.config.color and "colors" in pcd.point:
@@ -219,16 +233,16 @@ class TSDFVolume:
     def o3d_point_cloud(self, weight_threshold: float = 1.0):
         """The extracted cloud as a legacy ``open3d.geometry.PointCloud`` (with normals and colours)."""
         import open3d as o3d
-        if self.n_blocks == 0:
-            return o3d.geometry.PointCloud()
-        return self._vbg.extract_point_cloud(weight_threshold).to_legacy()
+        pcd = self._extract(self._vbg.extract_point_cloud, weight_threshold) if self.n_blocks else None
+        return o3d.geometry.PointCloud() if pcd is None else pcd.to_legacy()
 
     def mesh(self, weight_threshold: float = 1.0):
         """Marching-cubes mesh as a legacy ``open3d.geometry.TriangleMesh`` (vertex colours and normals)."""
         import open3d as o3d
-        if self.n_blocks == 0:
+        m = self._extract(self._vbg.extract_triangle_mesh, weight_threshold) if self.n_blocks else None
+        if m is None:
             return o3d.geometry.TriangleMesh()
-        m = self._vbg.extract_triangle_mesh(weight_threshold).to_legacy()
+        m = m.to_legacy()
         if not m.has_vertex_normals():
             m.compute_vertex_normals()
         return m
