@@ -73,7 +73,7 @@ class NodeProcess:
     """``python -m module --ros-args -p k:=v ...`` in its own process, log kept in a temp file."""
 
     def __init__(self, module: str, params: Optional[Dict[str, object]] = None, args: Optional[List[str]] = None,
-                 remaps: Optional[Dict[str, str]] = None):
+                 remaps: Optional[Dict[str, str]] = None, env: Optional[Dict[str, str]] = None):
         cmd = [sys.executable, "-m", module]
         cmd += list(args or [])
         ros_args = []
@@ -86,11 +86,12 @@ class NodeProcess:
         if ros_args:
             cmd += ["--ros-args"] + ros_args
         self.cmd = cmd
+        self.extra_env = dict(env or {})
         self.log = tempfile.NamedTemporaryFile(prefix="node_", suffix=".log", delete=False)
         self.proc: Optional[subprocess.Popen] = None
 
     def __enter__(self) -> "NodeProcess":
-        self.proc = subprocess.Popen(self.cmd, env=ros_env(), stdout=self.log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(self.cmd, env={**ros_env(), **getattr(self, "extra_env", {})}, stdout=self.log, stderr=subprocess.STDOUT,
                                      cwd=str(REPO_ROOT), start_new_session=True)
         return self
 

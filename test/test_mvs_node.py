@@ -90,8 +90,8 @@ def _feed(feeder, frames, period=0.25, tf_margin=True):
         time.sleep(period)
 
 
-@pytest.fixture(scope="module")
-def tf_node():
+@pytest.fixture()
+def tf_node():  # function scope: a node left running would answer the next test's messages too
     if not interfaces.tf_message_available():
         pytest.skip("tf2_msgs/TFMessage not available (run tools/install_ros.sh); the pose-topic test covers the node")
     with NodeProcess("mvs_depth_ros.ros.mvs_node", NODE_PARAMS) as proc:
@@ -209,7 +209,9 @@ def test_pose_topic_source_and_16uc1(seq):
     from sensor_msgs.msg import Image
     params = dict(NODE_PARAMS, pose_source="pose", pose_tolerance=0.01, publish_depth_mm=True,
                   confidence_threshold=0.2)
-    with NodeProcess("mvs_depth_ros.ros.mvs_node", params) as proc:
+    # and as on an install whose interface build failed: no DepthEstimate, everything else works
+    no_iface = {"MVS_DEPTH_ROS_INTERFACES_PREFIX": "/nonexistent"}
+    with NodeProcess("mvs_depth_ros.ros.mvs_node", params, env=no_iface) as proc:
         probe = Probe("mvs_pose_test")
         try:
             depth = probe.subscribe(Image, "depth")
@@ -240,6 +242,8 @@ def test_pose_topic_source_and_16uc1(seq):
             feeder.pose.publish(bad)
             _wait_counter(probe, diag, "bad_poses", 1, proc)
             assert proc.alive()
+            assert _diag(probe, diag)["depth_estimate"] == "off"
+            assert "depth_estimate output is OFF" in proc.output()
         finally:
             probe.close()
     d32 = C.image_to_depth(depth[-1][1])

@@ -127,10 +127,17 @@ class MvsNode(Node):
         self.tf = None
         self.tf_backend = "none"
         self.poses: Optional[PoseBuffer] = None
+        self._tf_unavailable = ""
         if cfg.pose_source == "tf":
-            self.tf, self.tf_backend = make_tf_lookup(
-                self, cfg.tf_backend, cfg.tf_cache_time, cfg.tf_max_gap,
-                on_error=lambda t: self._bad_pose("tf_reject", t), callback_group=self._tf_group)
+            try:
+                self.tf, self.tf_backend = make_tf_lookup(
+                    self, cfg.tf_backend, cfg.tf_cache_time, cfg.tf_max_gap,
+                    on_error=lambda t: self._bad_pose("tf_reject", t), callback_group=self._tf_group)
+            except (RuntimeError, ImportError) as exc:  # no tf2_ros and no tf2_msgs in this install
+                self._tf_unavailable = str(exc)
+                self.tf_backend = "unavailable"
+                log.error(f"pose_source tf is OFF: {exc}. Frames get no pose (no depth) until restarted with "
+                          f"pose_source:=pose or odometry")
         else:
             self.poses = PoseBuffer(cfg.pose_tolerance, max_size=2000)
             mtype, topic = (PoseStamped, "pose") if cfg.pose_source == "pose" else (Odometry, "odometry")
@@ -251,6 +258,10 @@ class MvsNode(Node):
 
     def _lookup_pose(self, frame_id: str, stamp: int) -> Optional[np.ndarray]:
         cfg = self.config
+        if self._tf_unavailable:
+            self.counters.tf_failures += 1
+            self._warn("tf_unavailable", f"no pose: tf is unavailable ({self._tf_unavailable})")
+            return None
         try:
             if self.tf is not None:
                 return self.tf.lookup(cfg.world_frame, frame_id, stamp, cfg.tf_timeout)
