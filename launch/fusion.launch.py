@@ -6,8 +6,8 @@
 Starts ``mvs_node`` with ``config/mvs.yaml`` (``params_file:=`` to use another), remapped to the camera
 topics, publishing ``depth``, ``confidence``, ``depth/camera_info``, ``points`` and ``depth_estimate``
 in ``namespace`` (default ``mvs``). The project's Fast DDS profile is used unless
-``FASTDDS_DEFAULT_PROFILES_FILE`` is already set. ``map:=true`` also starts ``map_node`` (fusion of the
-depth maps into a map) when the package has it. Without ``ros2 launch``: ``mvs-depth launch fusion
+``FASTDDS_DEFAULT_PROFILES_FILE`` is already set. ``map:=true`` also starts ``map_node`` (TSDF fusion of
+the depth maps into a map, ``config/map.yaml``). Without ``ros2 launch``: ``mvs-depth launch fusion
 image:=... camera_info:=...`` runs the same nodes with the same YAML in one process.
 """
 import os
@@ -34,7 +34,7 @@ ARGUMENTS = {
     "odometry": ("odometry", "Odometry topic for pose_source:=odometry"),
     "use_sim_time": ("false", "use /clock (bag playback, simulation)"),
     "params_file": ("", "parameter YAML ('' = the package's config/mvs.yaml)"),
-    "map": ("false", "also start map_node (depth fusion into a map; placeholder until it ships)"),
+    "map": ("false", "also start map_node (TSDF fusion of the depth maps into a map, config/map.yaml)"),
 }
 
 
@@ -54,9 +54,12 @@ def _nodes(context, *args, **kwargs):
     return [
         Node(package="mvs_depth_ros", executable="mvs_node", name="mvs_node", namespace=get("namespace"),
              output="screen", emulate_tty=True, parameters=[params_file, overrides], remappings=remaps),
+        # TSDF map from mvs_node's outputs (same namespace), coloured from the input image
         Node(package="mvs_depth_ros", executable="map_node", name="map_node", namespace=get("namespace"),
              output="screen", condition=IfCondition(LaunchConfiguration("map")),
-             parameters=[{"use_sim_time": _bool(get("use_sim_time"))}]),
+             parameters=[os.path.join(share, "config", "map.yaml"),
+                         {"world_frame": get("world_frame"), "use_sim_time": _bool(get("use_sim_time"))}],
+             remappings=[("image", get("image"))]),
     ]
 
 

@@ -107,7 +107,11 @@ def test_plan_applies_yaml_then_arguments(tmp_path):
     assert params["device"] == "cpu" and params["width"] == 160 and params["use_sim_time"] is True
     assert params["height"] == 256  # from config/mvs.yaml
     assert ("image", "/cam/image") in s.remaps and s.namespace == "mvs"
-    assert [x.name for x in runner.plan("fusion", {"map": "true"})] == ["mvs_node", "map_node"]
+    with_map = runner.plan("fusion", {"map": "true", "world_frame": "map", "image": "/cam/image"})
+    assert [x.name for x in with_map] == ["mvs_node", "map_node"]
+    if (REPO_ROOT / "config" / "map.yaml").is_file():
+        mp = with_map[1].parameters()
+        assert mp["world_frame"] == "map" and "voxel_size" in mp and ("image", "/cam/image") in with_map[1].remaps
     with pytest.raises(runner.LaunchError, match="unknown argument"):
         runner.plan("fusion", {"imgae": "x"})
     with pytest.raises(runner.LaunchError, match="no node named"):
@@ -229,3 +233,13 @@ def test_runner_process_turns_images_into_depth():
             assert np.isfinite(C.image_to_depth(m)).mean() > 0.5
     finally:
         probe.close()
+
+
+def test_rviz_config_shows_the_fusion_outputs():
+    cfg = yaml.safe_load((REPO_ROOT / "rviz" / "mvs_depth.rviz").read_text())
+    displays = {d["Name"]: d for d in cfg["Visualization Manager"]["Displays"]}
+    ns = runner.launch_arguments(LAUNCH / "fusion.launch.py")["namespace"][0]
+    topics = {d["Topic"]["Value"] for d in displays.values() if "Topic" in d}
+    assert {f"/{ns}/depth", f"/{ns}/confidence", f"/{ns}/points"} <= topics
+    assert displays["Points"]["Color Transformer"] == "RGB8"
+    assert cfg["Visualization Manager"]["Global Options"]["Fixed Frame"] == "odom"

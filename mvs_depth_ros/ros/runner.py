@@ -188,8 +188,9 @@ def _fusion(a: Dict[str, str], share: Path) -> List[NodeSpec]:
                       [("image", a["image"]), ("camera_info", a["camera_info"]), ("pose", a["pose"]),
                        ("odometry", a["odometry"])])]
     if _bool(a["map"]):
-        specs.append(NodeSpec("mvs_depth_ros.ros.map_node:MapNode", "map_node", a["namespace"], [],
-                              {"use_sim_time": sim}, optional=True))
+        specs.append(NodeSpec("mvs_depth_ros.ros.map_node:MapNode", "map_node", a["namespace"],
+                              [share / "config" / "map.yaml"], {"world_frame": a["world_frame"], "use_sim_time": sim},
+                              [("image", a["image"])], optional=True))
     return specs
 
 
