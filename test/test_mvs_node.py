@@ -265,3 +265,29 @@ def test_invalid_parameters_are_rejected_with_a_reason():
         rc = proc.proc.wait(60)
         out = proc.output()
     assert rc == 2 and "device" in out and "one of" in out, out[-2000:]
+
+
+def test_live_parameter_changes_are_validated():
+    """Read-only parameters refuse changes, ranges are enforced, valid live changes reach the config."""
+    import rclpy
+    from rclpy.parameter import Parameter
+    from ros_helpers import apply_ros_env
+    from mvs_depth_ros.ros.mvs_node import MvsNode
+    apply_ros_env()
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx)
+    node = MvsNode("mvs_param_test", context=ctx, device="cpu", width=64, height=48, pose_source="pose")
+    try:
+        r = node.set_parameters([Parameter("width", value=128)])[0]
+        assert not r.successful and "read-only" in r.reason
+        r = node.set_parameters([Parameter("confidence_threshold", value=1.5)])[0]
+        assert not r.successful and node.config.confidence_threshold == 0.0
+        r = node.set_parameters([Parameter("points_stride", value=4)])[0]
+        assert r.successful and node.config.points_stride == 4
+        r = node.set_parameters([Parameter("confidence_threshold", value=0.4)])[0]
+        assert r.successful and node.config.confidence_threshold == pytest.approx(0.4)
+        desc = node.describe_parameter("min_depth")
+        assert desc.read_only and desc.floating_point_range[0].from_value > 0
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=ctx)

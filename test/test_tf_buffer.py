@@ -123,3 +123,19 @@ def test_pose_buffer_matching():
         pb.lookup(1 * S)  # dropped by max_size
     with pytest.raises(ValueError):
         pb.add(9 * S, np.full((4, 4), np.nan))
+
+
+def test_pose_messages_to_matrix():
+    pytest.importorskip("nav_msgs.msg", reason="ROS 2 message packages not installed (tools/install_ros.sh)")
+    from nav_msgs.msg import Odometry
+    from mvs_depth_ros.ros import conversions as C
+    from mvs_depth_ros.ros.sync import pose_message_to_matrix
+    T = rt([0, 1, 1], 0.7, [1, 2, 3])
+    odo = Odometry(header=C.make_header(5 * S + 7, "odom"), child_frame_id="camera")
+    odo.pose.pose = C.matrix_to_pose(T)
+    stamp, frame, M = pose_message_to_matrix(odo)
+    assert stamp == 5 * S + 7 and frame == "odom"
+    np.testing.assert_allclose(M, T, atol=1e-12)
+    ps = C.make_pose_stamped(T, "odom", 3 * S)
+    assert pose_message_to_matrix(ps)[0] == 3 * S
+    np.testing.assert_allclose(pose_message_to_matrix(ps)[2], T, atol=1e-12)
