@@ -150,7 +150,7 @@ def test_real_feature_pyramid_files_load_strictly(manifest):
 def test_checkpoint_errors_are_clear(weight_folders, tmp_path):
     with pytest.raises(CheckpointError, match="missing .*0_feature_extractor, 1_feature_pyramid, 2_encoder, 3_decoder"):
         build_pairnet(str(tmp_path), device="cpu")           # empty folder: first missing module named
-    with pytest.raises(CheckpointError, match="3_lstm_fusion"):
+    with pytest.raises(CheckpointError, match="3_lstm_fusion.*holds the pairnet weights"):
         build_fusionnet(str(weight_folders["pairnet"]), device="cpu")
     with pytest.raises(CheckpointError, match="must be a folder"):
         build_pairnet(str(weight_folders["pairnet"] / "2_encoder"), device="cpu")

@@ -67,7 +67,11 @@ def load_weight_folder(net: nn.Module, folder: str, files: Sequence[Tuple[str, s
     paths = {stem: find_module_file(folder, stem) for stem, _ in files}
     missing = [stem for stem, path in paths.items() if path is None]
     if missing:
+        hint = ""
+        for name, layout in (("pairnet", PAIRNET_FILES), ("fusionnet", FUSIONNET_FILES)):
+            if layout != tuple(files) and all(find_module_file(folder, stem) for stem, _ in layout):
+                hint = f"; this folder holds the {name} weights"
         raise CheckpointError(f"{folder}: missing DeepVideoMVS module file(s) {', '.join(missing)} "
-                              f"(expected {expected}; found {sorted(os.listdir(folder))})")
+                              f"(expected {expected}; found {sorted(os.listdir(folder))}){hint}")
     for stem, attr in files:
         load_module_state(getattr(net, attr), paths[stem], what=f"DVMVS {attr}")

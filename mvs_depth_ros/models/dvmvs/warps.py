@@ -6,7 +6,7 @@ Every function reproduces the official arithmetic, quirks included (documented w
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import kornia
 import torch
