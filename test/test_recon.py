@@ -224,3 +224,10 @@ def test_reconstruct_cli_runs_the_pipeline(tmp_path):
     # a 64-plane sweep at 128x96 is rough (~0.4 precision at 5 cm), but the filtered fusion lies near the
     # true surfaces: median distance well under the 4 m room scale
     assert s["reconstruction"]["precision"] > 0.25 and s["reconstruction"]["accuracy_median"] < 0.1, s["reconstruction"]
+
+
+def test_renderer_float_colours_are_unit_range_even_when_overshooting():
+    K = np.array([[50.0, 0, 31.5], [0, 50, 31.5], [0, 0, 1]])
+    pts = np.array([[0, 0, 1.0], [0.2, 0, 1.0]])
+    img = RR.render_points(pts, np.array([[0.5, 0.5, 0.5], [1.0001, 0.0, 0.0]]), K, np.eye(4), 64, 64, splat=1)
+    assert tuple(img[32, 32]) == (128, 128, 128) and tuple(img[32, 42]) == (255, 0, 0)

@@ -60,7 +60,7 @@ def default_view(points: np.ndarray, camera_poses: Optional[Sequence[np.ndarray]
 def render_points(points: np.ndarray, colors: Optional[np.ndarray], K: np.ndarray, T_world_cam: np.ndarray,
                   width: int, height: int, normals: Optional[np.ndarray] = None, splat: int = 2,
                   background: Tuple[int, int, int] = (255, 255, 255), shade: bool = True) -> np.ndarray:
-    """(H, W, 3) uint8 picture of coloured points (``colors`` (N, 3) uint8 or float in [0, 1]; None: grey).
+    """(H, W, 3) uint8 picture of coloured points (``colors`` (N, 3): uint8 0-255, or float 0-1; None: grey).
 
     ``normals`` (N, 3) enable back-face culling and head-light shading.
     """
@@ -72,9 +72,9 @@ def render_points(points: np.ndarray, colors: Optional[np.ndarray], K: np.ndarra
     if colors is None:
         col = np.full((len(pts), 3), 180.0)
     else:
-        col = np.asarray(colors, np.float64).reshape(-1, 3)
-        if col.max(initial=0) <= 1.0:
-            col = col * 255.0
+        c = np.asarray(colors).reshape(-1, 3)
+        # uint8 as is; floats are [0, 1] (open3d's convention; interpolation can overshoot slightly)
+        col = c.astype(np.float64) if c.dtype == np.uint8 else np.clip(c.astype(np.float64), 0.0, 1.0) * 255.0
     T_cw = np.linalg.inv(np.asarray(T_world_cam, np.float64))
     Xc = pts @ T_cw[:3, :3].T + T_cw[:3, 3]
     keep = np.all(np.isfinite(Xc), axis=1) & (Xc[:, 2] > 1e-3)

@@ -255,12 +255,16 @@ class TSDFVolume:
         if cloud_path is not None:
             Path(cloud_path).parent.mkdir(parents=True, exist_ok=True)
             pcd = self.o3d_point_cloud(weight_threshold)
+            if pcd.has_colors():   # interpolated colours can leave [0, 1] by a rounding error
+                pcd.colors = o3d.utility.Vector3dVector(np.clip(np.asarray(pcd.colors), 0.0, 1.0))
             if not o3d.io.write_point_cloud(str(cloud_path), pcd, write_ascii=False):
                 raise OSError(f"could not write {cloud_path}")
             out["cloud"] = len(pcd.points)
         if mesh_path is not None:
             Path(mesh_path).parent.mkdir(parents=True, exist_ok=True)
             m = self.mesh(weight_threshold)
+            if m.has_vertex_colors():
+                m.vertex_colors = o3d.utility.Vector3dVector(np.clip(np.asarray(m.vertex_colors), 0.0, 1.0))
             if not o3d.io.write_triangle_mesh(str(mesh_path), m, write_ascii=False):
                 raise OSError(f"could not write {mesh_path}")
             out["mesh"] = len(m.triangles)
