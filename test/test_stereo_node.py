@@ -321,3 +321,46 @@ def test_pair_synchronizer_policies():
     assert a.add(0, 1_004_000_000, "L") == ((1_004_000_000, "L", "R"), 0)
     assert a.add(0, 2_000_000_000, "L2")[0] is None
     assert a.add(1, 2_006_000_000, "R2")[0] is None     # 6 ms > tolerance
+
+
+def test_config_and_launch_files_match_the_node():
+    from pathlib import Path
+
+    import yaml
+
+    from mvs_depth_ros.ros import runner
+    from mvs_depth_ros.ros.stereo_node import STEREO_SPECS, StereoConfig
+    root = Path(__file__).resolve().parents[1]
+    params = yaml.safe_load((root / "config" / "stereo.yaml").read_text())["stereo_node"]["ros__parameters"]
+    assert set(params) == set(STEREO_SPECS), set(params) ^ set(STEREO_SPECS)
+    for k, v in params.items():   # the YAML holds the declared defaults, with the declared types
+        assert v == STEREO_SPECS[k].default and type(v) is type(STEREO_SPECS[k].default), k
+    StereoConfig.from_values(params)
+    args = runner.launch_arguments(root / "launch" / "stereo.launch.py")
+    assert {"left_image", "right_image", "left_info", "right_info", "bag", "temporal", "world_frame"} <= set(args)
+
+
+def test_runner_pair_profile_runs_the_stereo_node(stereo_bag):
+    """`mvs-depth launch pair` (config/stereo.yaml + the launch file's remaps) fed by the played bag."""
+    from stereo_msgs.msg import DisparityImage
+    bag, by_stamp = stereo_bag
+    args = ["pair", "stereo_node.num_disparities:=16", "stereo_node.qos_reliability:=reliable",
+            "stereo_node.device:=cpu"]
+    with NodeProcess("mvs_depth_ros.ros.runner", args=args) as proc:
+        probe = Probe("stereo_runner_test")
+        try:
+            disp = probe.subscribe(DisparityImage, "/stereo/disparity")
+            assert probe.wait_for(lambda: probe.node.count_publishers("/stereo/disparity") >= 1, 60, proc), \
+                proc.output()[-3000:]
+            time.sleep(0.5)
+            with NodeProcess("mvs_depth_ros.ros.player_node",
+                             dict(bag=str(bag), rate=0.5, wait_for_topics="[/stereo/right/image_rect]")) as player:
+                assert player.proc.wait(120) == 0, player.output()[-3000:]
+            assert probe.wait_for(lambda: len(disp) >= N_FRAMES // 2, 30, proc), proc.output()[-3000:]
+        finally:
+            probe.close()
+    for _, m in disp:
+        f = by_stamp[C.stamp_to_ns(m.header.stamp)]
+        a = C.image_to_array(m.image)
+        ok = (a >= m.min_disparity) & np.isfinite(f.disparity_gt)
+        assert ok.mean() > 0.6 and np.abs(a[ok] - f.disparity_gt[ok]).mean() < 0.5
