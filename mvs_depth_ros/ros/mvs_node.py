@@ -358,7 +358,6 @@ class MvsNode(Node):
         # node work around the model for this frame: decode, resize, conversions, publishing (not the
         # time spent waiting for the pose to arrive, nor the model itself)
         self._overhead.add(total - step.compute_ms - pose_ms)
-        self._queue_wait_ms = (t_start - t_recv) * 1e3
         self.counters.predictions += 1
         self._rate_out.tick()
         self._latency.add((self.get_clock().now().nanoseconds - stamp) / 1e6)

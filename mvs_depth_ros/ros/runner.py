@@ -20,7 +20,6 @@ import importlib
 import logging
 import os
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
