@@ -63,6 +63,10 @@ class Frame:
     name: str = ""
     depth_gt: Optional[np.ndarray] = None
     uid: int = field(default_factory=lambda: next(_uid_counter))
+    #: the un-rounded float32 (0-255) RGB that ``image`` was rounded from after a resize. Networks whose
+    #: official loaders resize float images (DeepVideoMVS, IterMVS, PatchmatchNet) use it to match them
+    #: exactly; None for images as captured.
+    image_float: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
         img = np.asarray(self.image)
@@ -77,6 +81,8 @@ class Frame:
         self.K = K
         if self.T_world_cam is not None:
             self.T_world_cam = np.asarray(self.T_world_cam, dtype=np.float64)
+        if self.image_float is not None and self.image_float.shape != img.shape:
+            raise ValueError(f"Frame {self.name!r}: image_float {self.image_float.shape} does not match image {img.shape}")
         if self.depth_gt is not None and self.depth_gt.shape[:2] != img.shape[:2]:
             raise ValueError(f"Frame {self.name!r}: depth_gt {self.depth_gt.shape} does not match image {img.shape}")
 
@@ -102,13 +108,14 @@ class Frame:
             raise ValueError(f"invalid target size {width}x{height}")
         if (width, height) == (self.width, self.height):
             return self
-        img = cv2.resize(self.image.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-        img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+        src = self.image_float if self.image_float is not None else self.image.astype(np.float32)
+        img_f = cv2.resize(src, (width, height), interpolation=cv2.INTER_LINEAR)
+        img = np.clip(np.rint(img_f), 0, 255).astype(np.uint8)
         depth = None
         if self.depth_gt is not None:
             depth = cv2.resize(self.depth_gt, (width, height), interpolation=cv2.INTER_NEAREST)
         K = scale_intrinsics(self.K, width / self.width, height / self.height)
-        return replace(self, image=img, K=K, depth_gt=depth, uid=next(_uid_counter))
+        return replace(self, image=img, K=K, depth_gt=depth, uid=next(_uid_counter), image_float=img_f)
 
 
 @dataclass
