@@ -115,6 +115,7 @@ class MvsNode(Node):
         self._stop = threading.Event()
         self._rate_in, self._rate_out = RateWindow(), RateWindow()
         self._latency, self._compute, self._overhead, self._publish_ms = Stats(), Stats(), Stats(), Stats()
+        self._queue_wait = Stats()  # receive -> the worker takes the frame
         self._last_error = ""
 
         # I/O ------------------------------------------------------------------------------------------
@@ -275,6 +276,7 @@ class MvsNode(Node):
     def _process(self, msg: Image, t_recv: float) -> None:
         cfg = self.config
         t_start = time.perf_counter()
+        self._queue_wait.add((time.monotonic() - t_recv) * 1e3)
         stamp = C.stamp_to_ns(msg.header.stamp)
         frame_id = cfg.camera_frame or msg.header.frame_id
         # decode --------------------------------------------------------------------------------------
@@ -425,7 +427,7 @@ class MvsNode(Node):
         values = [("input_rate_hz", self._rate_in.rate()), ("output_rate_hz", self._rate_out.rate()),
                   ("latency_ms_mean", lat_mean), ("latency_ms_max", lat_max),
                   ("compute_ms_mean", comp_mean), ("node_overhead_ms_mean", ovh_mean), ("node_overhead_ms_max", ovh_max),
-                  ("publish_ms_mean", pub_mean),
+                  ("publish_ms_mean", pub_mean), ("queue_wait_ms_mean", self._queue_wait.summary()[0]),
                   ("device", str(self.estimator.device)), ("model", self.model_name),
                   ("pose_source", self.config.pose_source), ("tf_backend", self.tf_backend),
                   ("depth_estimate", "on" if self.pub_estimate is not None else "off"),
