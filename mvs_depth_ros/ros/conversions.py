@@ -1,9 +1,10 @@
 """ROS messages <-> numpy / core objects. No per-pixel Python anywhere.
 
 Payloads are read with ``np.frombuffer`` (zero copy, honouring ``step`` and ``is_bigendian``) and written
-as one ``array.array('B')`` filled from the array's buffer: rclpy's generated setters take an
-``array.array`` of type code ``'B'`` as is, while any other sequence (a list, ``bytes``, a numpy array) is
-validated and copied element by element (~100x slower at 640x480).
+as one ``array.array('B')`` filled from the array's buffer (one memcpy): rclpy's generated setters keep an
+``array.array`` of type code ``'B'`` as is, while a numpy array or memoryview is converted element by
+element (~200-300 ms for a 640x480 rgb8 image, see benchmarks/bench_conversions.py), and ``bytes`` are
+checked element by element when field checks are on.
 
 Conventions: images are HxW[xC] arrays; depth is float32 metres with NaN invalid (REP 118 ``32FC1``), or
 uint16 millimetres with 0 invalid (``16UC1``); poses are 4x4 float64 matrices; stamps are int nanoseconds.
