@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from ..core.frame import StereoFrame
-from ..core.stereo import StereoPipeline, StereoPipelineConfig
+from ..core.stereo import StereoPipeline, StereoPipelineConfig, disparity_to_depth
 from ..data.paths import shared_path
 from ..eval import report
 from ..eval.metrics import write_metrics_json
@@ -83,7 +83,8 @@ def load_pairs(args) -> Tuple[List[StereoFrame], Optional[np.ndarray], str, Opti
         raise ValueError("choose one of --middlebury and --bag")
     if args.middlebury:
         from ..data.middlebury import load_middlebury, middlebury_num_disparities
-        root = shared_path("data", "middlebury-2014-motorcycle-q") if args.middlebury == "shared" else Path(args.middlebury)
+        shared = args.middlebury == "shared"
+        root = shared_path("data", "middlebury-2014-motorcycle-q") if shared else Path(args.middlebury)
         if root is None:
             raise FileNotFoundError("shared data/middlebury-2014-motorcycle-q not found (set MVS_DEPTH_SHARED or "
                                     "pass --middlebury DIR)")
@@ -144,7 +145,6 @@ def _mean(rows: List[Dict[str, float]], key: str) -> float:
 
 def _frame_metrics(f: StereoFrame, disp: np.ndarray, depth: np.ndarray, mask: Optional[np.ndarray]) -> Dict[str, float]:
     m = disparity_metrics(disp, f.disparity_gt, mask)
-    from ..core.stereo import disparity_to_depth
     gt_depth = disparity_to_depth(f.disparity_gt, f.K[0, 0], f.baseline, f.doffs)
     try:
         m["abs_rel"] = depth_abs_rel(depth, gt_depth, mask)
@@ -157,10 +157,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         pairs, nonocc, source, ndisp_hint = load_pairs(args)
-    except (ValueError, OSError) as exc:   # MiddleburyError / BagError name their file
-        print(f"mvs-depth stereo: {exc}", file=sys.stderr)
-        return 1
-    except RuntimeError as exc:
+    except (ValueError, OSError, RuntimeError) as exc:   # MiddleburyError, BagError: they name their file
         print(f"mvs-depth stereo: {exc}", file=sys.stderr)
         return 1
     nd = args.num_disparities or _auto_num_disparities(pairs, ndisp_hint)
@@ -248,8 +245,9 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"{'TEPE px':>9}")
         rows = [("all", summary)] + ([("non-occ", summary["nonocc"])] if nonocc is not None else [])
         for label, s in rows:
+            tepe = summary["tepe"] if label == "all" else float("nan")
             print(f"{label:<10}{s['epe']:>9.3f}{s['bad1']:>9.2f}{s['bad2']:>9.2f}{s['bad3']:>9.2f}{s['d1']:>9.2f}"
-                  f"{100 * s['coverage']:>9.1f}{s['abs_rel']:>9.4f}{summary['tepe'] if label == 'all' else float('nan'):>9.4f}")
+                  f"{100 * s['coverage']:>9.1f}{s['abs_rel']:>9.4f}{tepe:>9.4f}")
         if args.confidence_threshold > 0:
             s = summary["filtered"]
             print(f"confidence >= {args.confidence_threshold:g}: EPE {s['epe']:.3f} px, bad2 {s['bad2']:.2f} %, "

@@ -135,7 +135,8 @@ def write_stereo_bag(frames: Iterable[StereoFrame], out: os.PathLike | str, *, r
     baseline: Optional[float] = None
     try:
         conn = {}
-        conn["static"] = writer.add_connection(topics.tf_static, TF_T, typestore=ts, offered_qos_profiles=[_qos(True, 1)])
+        conn["static"] = writer.add_connection(topics.tf_static, TF_T, typestore=ts,
+                                               offered_qos_profiles=[_qos(True, 1)])
         conn["tf"] = writer.add_connection(topics.tf, TF_T, typestore=ts, offered_qos_profiles=[_qos(False, 100)])
         for key, topic, mtype in (("li", topics.left_info, CAMERA_INFO_T), ("ri", topics.right_info, CAMERA_INFO_T),
                                   ("l", topics.left_image, IMAGE_T), ("r", topics.right_image, IMAGE_T),
@@ -322,9 +323,10 @@ def _frames_from_args(args) -> Tuple[List[StereoFrame], str]:
         pair = load_middlebury(args.middlebury)
         n = max(1, args.frames or 1)
         # the same pair repeated: a still rig (a node test input); each copy gets its own stamp on writing
-        frames = [StereoFrame(left=pair.frame.left, right=pair.frame.right, K=pair.frame.K,
-                              baseline=pair.frame.baseline, name=f"{pair.frame.name}_{i:03d}" if n > 1 else pair.frame.name,
-                              frame_id=pair.frame.frame_id, disparity_gt=pair.frame.disparity_gt, doffs=pair.frame.doffs)
+        f = pair.frame
+        frames = [StereoFrame(left=f.left, right=f.right, K=f.K, baseline=f.baseline, frame_id=f.frame_id,
+                              name=f"{f.name}_{i:03d}" if n > 1 else f.name, disparity_gt=f.disparity_gt,
+                              doffs=f.doffs)
                   for i in range(n)]
         return frames, f"Middlebury {Path(args.middlebury).resolve()} x{n}"
     from .synthetic import render_stereo_sequence
