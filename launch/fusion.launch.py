@@ -1,9 +1,10 @@
 """Video multi-view stereo depth from a posed camera: the package's main launch file.
 
     ros2 launch mvs_depth_ros fusion.launch.py image:=/camera/color/image_rect camera_info:=/camera/color/camera_info \
-        world_frame:=odom model:=planesweep device:=auto
+        world_frame:=odom checkpoint:=/path/to/dvmvs/fusionnet/weights device:=auto
 
-Starts ``mvs_node`` with ``config/mvs.yaml`` (``params_file:=`` to use another), remapped to the camera
+Starts ``mvs_node`` (DeepVideoMVS fusion network by default; with no ``checkpoint`` it runs the classical
+plane sweep, which needs no weights, and logs that) with ``config/mvs.yaml`` (``params_file:=`` to use another), remapped to the camera
 topics, publishing ``depth``, ``confidence``, ``depth/camera_info``, ``points`` and ``depth_estimate``
 in ``namespace`` (default ``mvs``). The project's Fast DDS profile is used unless
 ``FASTDDS_DEFAULT_PROFILES_FILE`` is already set. ``map:=true`` also starts ``map_node`` (TSDF fusion of
@@ -24,8 +25,9 @@ ARGUMENTS = {
     "image": ("image", "input image topic (rectified rgb8 / bgr8 / mono8)"),
     "camera_info": ("camera_info", "input camera_info topic"),
     "namespace": ("mvs", "namespace of the outputs"),
-    "model": ("planesweep", "depth estimator: planesweep, dvmvs_fusionnet, dvmvs_pairnet, itermvs, ..."),
-    "checkpoint": ("", "weights of a learned model ('' = planesweep fallback)"),
+    "model": ("dvmvs_fusionnet", "depth estimator: dvmvs_fusionnet, dvmvs_pairnet, itermvs, patchmatchnet, mvsnet, "
+              "mvdepthnet, planesweep"),
+    "checkpoint": ("", "weights of a learned model ('' = the classical planesweep, with a log line saying so)"),
     "device": ("auto", "auto | cpu | cuda | cuda:N"),
     "world_frame": ("odom", "continuous frame of the camera poses"),
     "camera_frame": ("", "camera optical frame ('' = the image header's frame_id)"),

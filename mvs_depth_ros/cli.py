@@ -16,6 +16,7 @@ from typing import List, Optional
 SUBCOMMANDS = {
     "run": ("mvs_depth_ros.apps.run:main", "depth for a posed sequence (scene folder or synthetic) + metrics + pictures"),
     "bag": ("mvs_depth_ros.data.bags:cli_main", "convert datasets to rosbag2, inspect bags"),
+    "stereo-bag": ("mvs_depth_ros.data.stereo_bags:cli_main", "convert stereo datasets (synthetic stereo video, Middlebury) to rosbag2, inspect them"),
     "launch": ("mvs_depth_ros.ros.runner:cli_main", "run the ROS nodes of a launch file in one process (no ros2 launch needed)"),
     "stereo": ("mvs_depth_ros.apps.stereo:main", "stereo depth on a rectified pair or a synthetic stereo video + metrics"),
     "reconstruct": ("mvs_depth_ros.apps.reconstruct:main", "TSDF reconstruction from a depth run or a scene"),

@@ -32,7 +32,7 @@ def _launch_available():
         return f"`launch`/`launch_ros` not importable ({exc}): no ROS 2 distribution; the runner tests cover the graph"
 
 
-@pytest.mark.parametrize("name", ["fusion.launch.py", "pair.launch.py"])
+@pytest.mark.parametrize("name", ["fusion.launch.py", "pair.launch.py", "stereo.launch.py"])
 def test_launch_file_loads_and_declares_arguments(name, monkeypatch):
     why = _launch_available()
     if why:
@@ -56,8 +56,11 @@ def test_runner_reads_the_launch_files_arguments():
               "use_sim_time", "map"):
         assert k in fusion, k
     assert fusion["map"][0] == "false" and fusion["world_frame"][0] == "odom"
-    pair = runner.launch_arguments(LAUNCH / "pair.launch.py")
-    assert {"left_image", "right_image", "left_info", "right_info"} <= set(pair)
+    assert fusion["model"][0] == "dvmvs_fusionnet" and fusion["checkpoint"][0] == ""
+    pair = runner.profile_arguments("pair", REPO_ROOT)
+    assert set(fusion) == set(pair) and pair["model"][0] == "dvmvs_pairnet"
+    stereo = runner.launch_arguments(LAUNCH / "stereo.launch.py")
+    assert {"left_image", "right_image", "left_info", "right_info", "bag"} <= set(stereo)
     if (LAUNCH / "eval_bag.launch.py").is_file():  # DeclareLaunchArgument(...) calls, no ARGUMENTS table
         ev = runner.launch_arguments(LAUNCH / "eval_bag.launch.py")
         assert "bag" in ev and ev["bag"][0] is None and ev["dataset"][0]

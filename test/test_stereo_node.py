@@ -340,11 +340,11 @@ def test_config_and_launch_files_match_the_node():
     assert {"left_image", "right_image", "left_info", "right_info", "bag", "temporal", "world_frame"} <= set(args)
 
 
-def test_runner_pair_profile_runs_the_stereo_node(stereo_bag):
-    """`mvs-depth launch pair` (config/stereo.yaml + the launch file's remaps) fed by the played bag."""
+def test_runner_stereo_profile_runs_the_stereo_node(stereo_bag):
+    """`mvs-depth launch stereo` (config/stereo.yaml + the launch file's remaps) fed by the played bag."""
     from stereo_msgs.msg import DisparityImage
     bag, by_stamp = stereo_bag
-    args = ["pair", "stereo_node.num_disparities:=16", "stereo_node.qos_reliability:=reliable",
+    args = ["stereo", "stereo_node.num_disparities:=16", "stereo_node.qos_reliability:=reliable",
             "stereo_node.device:=cpu"]
     with NodeProcess("mvs_depth_ros.ros.runner", args=args) as proc:
         probe = Probe("stereo_runner_test")

@@ -127,13 +127,13 @@ def stereo_panel(left: np.ndarray, disparity: np.ndarray, gt: Optional[np.ndarra
     ref = gt if gt is not None and np.isfinite(gt).any() else disparity
     fin = ref[np.isfinite(ref)]
     lo, hi = (float(np.percentile(fin, 1)), float(np.percentile(fin, 99))) if fin.size else (0.0, 1.0)
-    tiles = [report._label(left, title or "left"),
-             report._label(report.colorize(disparity, lo, hi, "turbo"), "disparity")]
+    tiles = [report.label(left, title or "left"),
+             report.label(report.colorize(disparity, lo, hi, "turbo"), "disparity")]
     if gt is not None:
-        tiles.append(report._label(report.colorize(gt, lo, hi, "turbo"), "ground truth"))
-        tiles.append(report._label(report.colorize(np.abs(disparity - gt), 0.0, max_error, "inferno"),
+        tiles.append(report.label(report.colorize(gt, lo, hi, "turbo"), "ground truth"))
+        tiles.append(report.label(report.colorize(np.abs(disparity - gt), 0.0, max_error, "inferno"),
                                    f"|error| (0-{max_error:g} px)"))
-    tiles.append(report._label(report.colorize(confidence, 0.0, 1.0, "viridis"), "confidence"))
+    tiles.append(report.label(report.colorize(confidence, 0.0, 1.0, "viridis"), "confidence"))
     return np.concatenate(tiles, axis=1)
 
 

@@ -190,7 +190,7 @@ def camera_info_K(msg) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------- writing
-def _qos(transient_local: bool, depth: int):
+def bag_qos(transient_local: bool, depth: int):
     from rosbags.interfaces import (Qos, QosDurability, QosHistory, QosLiveliness, QosReliability,
                                     QosTime)
     zero = QosTime(sec=0, nsec=0)
@@ -238,12 +238,12 @@ def write_bag(frames: Iterable[Frame], out: os.PathLike | str, *, rate: float = 
         raise BagError(f"{out}: cannot create bag: {exc}") from None
     try:
         c_static = writer.add_connection(topics.tf_static, TF_T, typestore=ts,
-                                         offered_qos_profiles=[_qos(True, 1)])
-        c_tf = writer.add_connection(topics.tf, TF_T, typestore=ts, offered_qos_profiles=[_qos(False, 100)])
+                                         offered_qos_profiles=[bag_qos(True, 1)])
+        c_tf = writer.add_connection(topics.tf, TF_T, typestore=ts, offered_qos_profiles=[bag_qos(False, 100)])
         c_info = writer.add_connection(topics.camera_info, CAMERA_INFO_T, typestore=ts,
-                                       offered_qos_profiles=[_qos(False, 10)])
-        c_img = writer.add_connection(topics.image, IMAGE_T, typestore=ts, offered_qos_profiles=[_qos(False, 10)])
-        c_gt = writer.add_connection(topics.depth_gt, IMAGE_T, typestore=ts, offered_qos_profiles=[_qos(False, 10)])
+                                       offered_qos_profiles=[bag_qos(False, 10)])
+        c_img = writer.add_connection(topics.image, IMAGE_T, typestore=ts, offered_qos_profiles=[bag_qos(False, 10)])
+        c_gt = writer.add_connection(topics.depth_gt, IMAGE_T, typestore=ts, offered_qos_profiles=[bag_qos(False, 10)])
 
         def put(conn, stamp, msg, msgtype):
             writer.write(conn, stamp, ts.serialize_cdr(msg, msgtype))
@@ -566,7 +566,7 @@ def _frames_from_args(args) -> Tuple[Iterable[Frame], str]:
     return scene.frames(0, stop), str(Path(args.scene).resolve())
 
 
-def _print_info(info: Dict[str, object]) -> None:
+def print_info(info: Dict[str, object]) -> None:
     print(f"bag:      {info['path']}")
     print(f"storage:  {info['storage']}")
     print(f"messages: {info['messages']}   duration: {info['duration_s']:.3f} s")
@@ -610,7 +610,7 @@ def cli_main(argv: Optional[List[str]] = None) -> int:
             if args.json:
                 print(json.dumps(info, indent=2))
             else:
-                _print_info(info)
+                print_info(info)
             return 0
         if args.frames < 0:
             p.error("--frames must be >= 0")
@@ -621,7 +621,7 @@ def cli_main(argv: Optional[List[str]] = None) -> int:
                       start_ns=int(round(args.start * 1e9)), source=source)
         print(f"wrote {s.path}: {s.frames} frames ({s.poses} posed, {s.depth_gt} with ground truth) "
               f"at {args.rate:g} Hz, storage {args.storage}")
-        _print_info(bag_info(s.path))
+        print_info(bag_info(s.path))
         return 0
     except BagError as exc:
         print(f"mvs-depth bag: {exc}", file=sys.stderr)

@@ -39,7 +39,7 @@ import numpy as np
 from ..core.frame import StereoFrame
 from ..core.stereo import disparity_to_depth
 from .bag_topics import CUSTOM_FRAMES_KEY, CUSTOM_SOURCE_KEY, T_link_optical
-from .bags import (CAMERA_INFO_T, DEFAULT_START_NS, IMAGE_T, TF_T, BagError, TfTimeline, _print_info, _qos,
+from .bags import (CAMERA_INFO_T, DEFAULT_START_NS, IMAGE_T, TF_T, BagError, TfTimeline, print_info, bag_qos,
                    bag_info, camera_info_msg, decode_depth, decode_image, frame_names, image_msg, iter_messages,
                    open_bag, stamp_to_ns, tf_message, transform_stamped, typestore)
 
@@ -136,12 +136,12 @@ def write_stereo_bag(frames: Iterable[StereoFrame], out: os.PathLike | str, *, r
     try:
         conn = {}
         conn["static"] = writer.add_connection(topics.tf_static, TF_T, typestore=ts,
-                                               offered_qos_profiles=[_qos(True, 1)])
-        conn["tf"] = writer.add_connection(topics.tf, TF_T, typestore=ts, offered_qos_profiles=[_qos(False, 100)])
+                                               offered_qos_profiles=[bag_qos(True, 1)])
+        conn["tf"] = writer.add_connection(topics.tf, TF_T, typestore=ts, offered_qos_profiles=[bag_qos(False, 100)])
         for key, topic, mtype in (("li", topics.left_info, CAMERA_INFO_T), ("ri", topics.right_info, CAMERA_INFO_T),
                                   ("l", topics.left_image, IMAGE_T), ("r", topics.right_image, IMAGE_T),
                                   ("disp", topics.disparity_gt, IMAGE_T), ("depth", topics.depth_gt, IMAGE_T)):
-            conn[key] = writer.add_connection(topic, mtype, typestore=ts, offered_qos_profiles=[_qos(False, 10)])
+            conn[key] = writer.add_connection(topic, mtype, typestore=ts, offered_qos_profiles=[bag_qos(False, 10)])
 
         def put(key, stamp, msg, msgtype):
             writer.write(conn[key], stamp, ts.serialize_cdr(msg, msgtype))
@@ -369,7 +369,7 @@ def cli_main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.cmd == "info":
             info = bag_info(args.bag)
-            print(json.dumps(info, indent=2)) if args.json else _print_info(info)
+            print(json.dumps(info, indent=2)) if args.json else print_info(info)
             return 0
         if args.frames < 0:
             p.error("--frames must be >= 0")
@@ -381,7 +381,7 @@ def cli_main(argv: Optional[List[str]] = None) -> int:
                              start_ns=int(round(args.start * 1e9)), source=source)
         print(f"wrote {s.path}: {s.frames} pairs ({s.poses} posed, {s.ground_truth} with ground truth) at "
               f"{args.rate:g} Hz, storage {args.storage}")
-        _print_info(bag_info(s.path))
+        print_info(bag_info(s.path))
         return 0
     except BagError as exc:
         print(f"mvs-depth stereo-bag: {exc}", file=sys.stderr)

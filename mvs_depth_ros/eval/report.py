@@ -30,7 +30,7 @@ def colorize_depth(depth: np.ndarray, min_depth: float, max_depth: float) -> np.
     return colorize(inv, 1.0 / max_depth, 1.0 / min_depth, "turbo")
 
 
-def _label(img: np.ndarray, text: str) -> np.ndarray:
+def label(img: np.ndarray, text: str) -> np.ndarray:
     out = np.ascontiguousarray(img).copy()
     scale = max(0.35, img.shape[1] / 800.0)
     cv2.putText(out, text, (5, int(16 * scale / 0.4)), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
@@ -46,15 +46,15 @@ def depth_panel(image: np.ndarray, depth: np.ndarray, gt: Optional[np.ndarray], 
         finite_gt = gt[np.isfinite(gt) & (gt > 0)]
         if finite_gt.size:  # colour both with the GT's range so they can be compared by eye
             lo, hi = max(lo, float(np.percentile(finite_gt, 1)) * 0.8), min(hi, float(np.percentile(finite_gt, 99)) * 1.2)
-    tiles: List[np.ndarray] = [_label(image, title or "input"), _label(colorize_depth(depth, lo, hi), "prediction")]
+    tiles: List[np.ndarray] = [label(image, title or "input"), label(colorize_depth(depth, lo, hi), "prediction")]
     if gt is not None:
-        tiles.append(_label(colorize_depth(gt, lo, hi), "ground truth"))
+        tiles.append(label(colorize_depth(gt, lo, hi), "ground truth"))
         with np.errstate(divide="ignore", invalid="ignore"):
             err = np.abs(depth - gt) / gt
         err[~(np.isfinite(gt) & (gt > 0))] = np.nan
-        tiles.append(_label(colorize(err, 0.0, max_rel_error, "inferno"), f"abs rel error (0-{max_rel_error:g})"))
+        tiles.append(label(colorize(err, 0.0, max_rel_error, "inferno"), f"abs rel error (0-{max_rel_error:g})"))
     if confidence is not None:
-        tiles.append(_label(colorize(confidence, 0.0, 1.0, "viridis"), "confidence"))
+        tiles.append(label(colorize(confidence, 0.0, 1.0, "viridis"), "confidence"))
     return np.concatenate(tiles, axis=1)
 
 

@@ -4,7 +4,8 @@ For installs without ``ros2 launch`` (the PyPI ROS 2 wheels). Each profile start
 same parameter YAML files, remappings and namespaces as its launch file, in one ``MultiThreadedExecutor``:
 
 * ``fusion``  (launch/fusion.launch.py): ``mvs_node`` [+ ``map_node`` with ``map:=true``];
-* ``pair``    (launch/pair.launch.py): ``stereo_node``;
+* ``pair``    (launch/pair.launch.py): ``fusion`` with the DeepVideoMVS pair network as default model;
+* ``stereo``  (launch/stereo.launch.py): ``stereo_node`` [+ ``player_node`` with ``bag:=``];
 * ``eval-bag`` (launch/eval_bag.launch.py): ``player_node`` + ``mvs_node`` + ``evaluator_node``; stops by
   itself when the bag has been played and the depth node has finished its last frame.
 
@@ -193,13 +194,24 @@ def _fusion(a: Dict[str, str], share: Path) -> List[NodeSpec]:
     return specs
 
 
-def _pair(a: Dict[str, str], share: Path) -> List[NodeSpec]:
+def _stereo(a: Dict[str, str], share: Path) -> List[NodeSpec]:
     cfg = Path(a["params_file"]) if a.get("params_file") else share / "config" / "stereo.yaml"
-    return [NodeSpec("mvs_depth_ros.ros.stereo_node:StereoNode", "stereo_node", a["namespace"], [cfg],
-                     {"model": a["model"], "checkpoint": a["checkpoint"], "device": a["device"],
-                      "use_sim_time": _bool(a["use_sim_time"])},
-                     [("left/image_rect", a["left_image"]), ("right/image_rect", a["right_image"]),
-                      ("left/camera_info", a["left_info"]), ("right/camera_info", a["right_info"])])]
+    bag = a.get("bag", "")
+    params = {"model": a["model"], "checkpoint": a["checkpoint"], "device": a["device"],
+              "temporal": _bool(a["temporal"]), "world_frame": a["world_frame"],
+              "approximate_sync": _bool(a["approximate_sync"]), "use_sim_time": _bool(a["use_sim_time"]) or bool(bag)}
+    if bag:
+        params["qos_reliability"] = "reliable"  # a played bag must not lose pairs to best effort
+    specs = [NodeSpec("mvs_depth_ros.ros.stereo_node:StereoNode", "stereo_node", a["namespace"], [cfg], params,
+                      [("left/image_rect", a["left_image"]), ("right/image_rect", a["right_image"]),
+                       ("left/camera_info", a["left_info"]), ("right/camera_info", a["right_info"])])]
+    if bag:
+        specs.insert(0, NodeSpec("mvs_depth_ros.ros.player_node:PlayerNode", "player", "",
+                                 [share / "config" / "player.yaml"],
+                                 {"bag": bag, "rate": float(a["rate"]),
+                                  "wait_for_topics": [a["left_image"], a["right_image"]],
+                                  "wait_timeout": 60.0, "autostart": False}))
+    return specs
 
 
 def _eval_bag(a: Dict[str, str], share: Path) -> List[NodeSpec]:
@@ -226,11 +238,20 @@ def _eval_bag(a: Dict[str, str], share: Path) -> List[NodeSpec]:
     ]
 
 
-PROFILES: Dict[str, Tuple[str, Callable[[Dict[str, str], Path], List[NodeSpec]]]] = {
-    "fusion": ("fusion.launch.py", _fusion),
-    "pair": ("pair.launch.py", _pair),
-    "eval-bag": ("eval_bag.launch.py", _eval_bag),
+#: profile -> (launch files whose ARGUMENTS it takes, later files overriding earlier defaults, node builder)
+PROFILES: Dict[str, Tuple[Tuple[str, ...], Callable[[Dict[str, str], Path], List[NodeSpec]]]] = {
+    "fusion": (("fusion.launch.py",), _fusion),
+    "pair": (("fusion.launch.py", "pair.launch.py"), _fusion),  # pair.launch.py includes fusion.launch.py
+    "stereo": (("stereo.launch.py",), _stereo),
+    "eval-bag": (("eval_bag.launch.py",), _eval_bag),
 }
+
+
+def profile_arguments(profile: str, share: Path) -> Dict[str, Tuple[str, str]]:
+    declared: Dict[str, Tuple[str, str]] = {}
+    for launch_file in PROFILES[profile][0]:
+        declared.update(launch_arguments(share / "launch" / launch_file))
+    return declared
 
 
 def plan(profile: str, args: Dict[str, str], node_params: Optional[Dict[str, Dict[str, Any]]] = None,
@@ -239,8 +260,8 @@ def plan(profile: str, args: Dict[str, str], node_params: Optional[Dict[str, Dic
     if profile not in PROFILES:
         raise LaunchError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
     share = share or share_dir()
-    launch_file, build = PROFILES[profile]
-    declared = launch_arguments(share / "launch" / launch_file)
+    build = PROFILES[profile][1]
+    declared = profile_arguments(profile, share)
     unknown = sorted(set(args) - set(declared))
     if unknown:
         raise LaunchError(f"unknown argument(s) {', '.join(unknown)} for {profile}; "
@@ -257,9 +278,9 @@ def plan(profile: str, args: Dict[str, str], node_params: Optional[Dict[str, Dic
 
 
 def _help(profile: str, share: Path) -> str:
-    launch_file = PROFILES[profile][0]
+    launch_file = PROFILES[profile][0][-1]
     lines = [f"mvs-depth launch {profile} [key:=value ...]   (same nodes as launch/{launch_file})", "", "arguments:"]
-    for k, (d, h) in launch_arguments(share / "launch" / launch_file).items():
+    for k, (d, h) in profile_arguments(profile, share).items():
         lines.append(f"  {k}:={d if d is not None else '(required)'}\n      {h}")
     lines += ["", "  NODE.param:=value   any parameter of one node (e.g. mvs_node.width:=160)",
               "  --duration S        stop after S seconds", "  --print             show the nodes and exit"]
@@ -388,7 +409,8 @@ def cli_main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"mvs-depth launch: rclpy is not importable ({exc}); run tools/install_ros.sh or source ROS 2",
               file=sys.stderr)
         return 2
-    return run(specs, duration, eval_bag=(profile == "eval-bag"))
+    # runs that play a bag stop by themselves when it has been played and the last frame is done
+    return run(specs, duration, eval_bag=(profile == "eval-bag" or (profile == "stereo" and bool(args.get("bag")))))
 
 
 if __name__ == "__main__":  # pragma: no cover
