@@ -12,7 +12,8 @@ Algorithm (all tensor ops in torch, so it runs on CPU or CUDA):
 2. **Semi-global aggregation** (:func:`sgm_aggregate`) along 8 (or 4) scanline directions; one Python
    loop step handles a whole row for all downward and upward passes at once (:func:`sgm_scan_rows`).
 3. **Winner and sub-plane refinement**: winner-take-all on the aggregated cost, parabola fit in plane
-   index, i.e. in inverse depth, the planes being uniform in it (:func:`subplane_refine`).
+   index, i.e. in inverse depth, the planes being uniform in it (:func:`subplane_refine`, equiangular
+   fit by default).
 4. **Upsampling**: inverse depth and confidence are upsampled bilinearly to the working resolution.
    (A full-resolution local re-sweep around the upsampled depth was tried and lowered accuracy on the
    HoloLens sample: unaggregated full-resolution ZNCC is noisier than the aggregated half-resolution fit.)
@@ -62,6 +63,9 @@ class PlaneSweepConfig:
     min_texture_std: float = 0.03
     #: cost of a (pixel, plane) no measurement view sees, and of textureless windows
     neutral_cost: float = 0.5
+    #: sub-plane fit of the aggregated cost around the winner: parabola, equiangular or mean (of the two);
+    #: equiangular halves the plane-locking bias of the parabola on rendered planes, equal on HoloLens
+    subplane_fit: str = "equiangular"
     #: planes within this distance of the winner do not count as competitors for the confidence
     confidence_exclude: int = 2
     #: default threshold used for the "filtered" numbers (DepthResult.info["confidence_threshold"])
@@ -78,6 +82,8 @@ class PlaneSweepConfig:
             raise ValueError(f"sgm_paths must be 0, 4 or 8, got {self.sgm_paths}")
         if self.p1 < 0 or self.p2 < self.p1:
             raise ValueError(f"need 0 <= p1 <= p2, got p1={self.p1}, p2={self.p2}")
+        if self.subplane_fit not in ("parabola", "equiangular", "mean"):
+            raise ValueError(f"subplane_fit must be parabola, equiangular or mean, got {self.subplane_fit!r}")
         if self.confidence_exclude < 0:
             raise ValueError(f"confidence_exclude must be >= 0, got {self.confidence_exclude}")
         if not (0.0 <= self.confidence_threshold <= 1.0):
@@ -155,7 +161,16 @@ def box_mean(x: torch.Tensor, window: int) -> torch.Tensor:
         for i in range(N * C):
             cv2.blur(src[i], (window, window), dst=out[i], borderType=cv2.BORDER_REFLECT_101)
         return torch.from_numpy(out).reshape(N, C, H, W)
-    # cumulative sums: pad by r (reflect) plus a leading zero, difference at distance `window`
+    return box_mean_cumsum(x, window)
+
+
+def box_mean_cumsum(x: torch.Tensor, window: int) -> torch.Tensor:
+    """:func:`box_mean` by separable cumulative sums (any device): ``(N, C, H, W)`` -> same shape."""
+    if window == 1:
+        return x
+    r = window // 2
+    H, W = x.shape[-2:]
+    # pad by r (reflect), prepend a zero, difference of the cumulative sum at distance `window`
     y = F.pad(x, (r, r, 0, 0), mode="reflect" if W > r else "replicate")
     y = F.pad(y.cumsum(3), (1, 0, 0, 0))
     y = (y[..., window:] - y[..., :-window]) * (1.0 / window)
@@ -272,15 +287,29 @@ def sgm_aggregate(cost: torch.Tensor, gray: torch.Tensor, p1: float, p2: float, 
     return rows.add_(cols.transpose(1, 2))
 
 
-def subplane_refine(cost: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Fractional index of the minimum of ``cost (D, H, W)`` around integer ``idx (H, W)`` by a parabola
-    through the three neighbouring costs (offset clamped to [-0.5, 0.5]; 0 at the ends)."""
+def subplane_refine(cost: torch.Tensor, idx: torch.Tensor, fit: str = "parabola") -> torch.Tensor:
+    """Fractional index of the minimum of ``cost (D, H, W)`` around integer ``idx (H, W)`` from the three
+    costs at ``idx - 1, idx, idx + 1``.
+
+    ``fit``: ``"parabola"`` (vertex of the parabola through the three), ``"equiangular"`` (symmetric V,
+    suits sharp, ZNCC-like minima) or ``"mean"`` of the two (their pixel-locking biases have opposite
+    signs). The offset is clamped to [-0.5, 0.5]; it is 0 at the ends of the range.
+    """
     D = cost.shape[0]
+    if fit not in ("parabola", "equiangular", "mean"):
+        raise ValueError(f"fit must be parabola, equiangular or mean, got {fit!r}")
     i0 = idx.clamp(1, D - 2)
     c = torch.gather(cost, 0, torch.stack([i0 - 1, i0, i0 + 1], 0))                      # (3, H, W)
-    denom = c[0] - 2.0 * c[1] + c[2]
-    off = torch.where(denom > 1e-9, 0.5 * (c[0] - c[2]) / denom.clamp_min(1e-9), torch.zeros_like(denom))
-    off = off.clamp(-0.5, 0.5)
+    num = 0.5 * (c[0] - c[2])
+    off = torch.zeros_like(num)
+    if fit in ("parabola", "mean"):
+        curv = c[0] - 2.0 * c[1] + c[2]
+        off = off + torch.where(curv > 1e-9, num / curv.clamp_min(1e-9), torch.zeros_like(num)).clamp(-0.5, 0.5)
+    if fit in ("equiangular", "mean"):
+        slope = torch.maximum(c[0] - c[1], c[2] - c[1])
+        off = off + torch.where(slope > 1e-9, num / slope.clamp_min(1e-9), torch.zeros_like(num)).clamp(-0.5, 0.5)
+    if fit == "mean":
+        off = 0.5 * off
     interior = (idx > 0) & (idx < D - 1)
     return idx.to(cost.dtype) + torch.where(interior, off, torch.zeros_like(off))
 
@@ -413,7 +442,8 @@ class PlaneSweepEstimator(DepthEstimator):
 
         # 3. winner + sub-plane
         idx = agg.min(0).indices
-        frac = subplane_refine(agg, idx)
+        # (fitting the raw matching cost instead was more accurate on rendered planes but less on HoloLens)
+        frac = subplane_refine(agg, idx, cfg.subplane_fit)
         step = inv_planes[1] - inv_planes[0]
         inv_c = inv_planes[0] + frac * step                                                # (h, w)
         match = torch.gather(cost, 0, idx[None])[0]
