@@ -326,3 +326,6 @@ def test_build_from_checkpoint_file(tmp_path, rule_state_dict):
     assert isinstance(est, DynamicStereoEstimator) and est.config.window == 2 and est.config.iters == 4
     with pytest.raises(ValueError, match="unknown dynamic_stereo option"):
         build(str(path), device="cpu", kernel=3)
+    from mvs_depth_ros.models.registry import create_stereo_model
+    via_registry = create_stereo_model("dynamic_stereo", checkpoint=str(path), device="cpu", iters=2)
+    assert isinstance(via_registry, DynamicStereoEstimator) and via_registry.config.iters == 2
