@@ -24,9 +24,13 @@ Settings and cost. The official evaluation runs ``kernel_size=20`` frame windows
 3-D GRU dominates, so cost is about linear in ``window x iters x pixels``; the 1/4 correlation volume grows
 with ``window x H x W^2 / 64``. Reduced settings:
 
-* CPU (2 cores): ``window=3..5``, ``iters=8..12``, ``scale=0.5`` on VGA input (padded width must be >= 256;
-  smaller images are padded up to it). Expect seconds per frame (``benchmarks/bench_dynamic_stereo.py``).
-* 8-12 GB GPU: ``window=5``, ``iters=20`` at up to ~640x480; ``kernel_size=10`` for offline video.
+* CPU (2 cores): ``window=3``, ``iters=10``, ``scale=0.5`` on VGA input (the padded width must be >= 256;
+  smaller images are padded up to it). Still several seconds per frame: the streaming estimator runs a
+  whole window for every new frame (measure with ``benchmarks/bench_dynamic_stereo.py``).
+* Smaller GPUs (estimates from tensor sizes, not measured here): the largest tensors are the 1/4
+  correlation volume (``4 * T * (H/4) * (W/4)^2`` bytes plus ~1x for its pyramid) and the GRU input
+  (``384 * 4 * T * H * W / 16`` bytes, a few live copies). ``window=5``, ``iters=20`` at 640x480 needs well
+  under 4 GB; ``kernel_size=10`` halves the window memory of offline 720p video.
 * 32 GB GPU: the official ``kernel_size=20``, ``iters=20`` at 1280x720.
 """
 from __future__ import annotations
