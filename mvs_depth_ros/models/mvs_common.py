@@ -105,11 +105,11 @@ def normalize_and_resize(image: np.ndarray, size: Optional[Tuple[int, int]], mod
 def network_image(frame: Frame, mode: str) -> np.ndarray:
     """The normalised ``(H, W, 3)`` float32 network input of a frame at its own size.
 
-    When the frame carries ``image_float`` (the un-rounded float32 output of the bilinear resize, 0-255;
-    see the note to the core owner), it is used instead of the uint8 ``image``: the official loaders
+    When the frame carries ``image_float`` (the un-rounded float32 output of the bilinear resize, 0-255)
+    it is used instead of the uint8 ``image``: the official loaders
     never round the resized image, and textureless regions are sensitive to that half-grey-level.
     """
-    src = getattr(frame, "image_float", None)
+    src = frame.image_float
     if src is None:
         return normalize_and_resize(frame.image, None, mode)
     x = np.asarray(src, dtype=np.float32)

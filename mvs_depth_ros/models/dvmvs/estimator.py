@@ -63,7 +63,10 @@ class DVMVSEstimator(DepthEstimator):
 
     # ------------------------------------------------------------------ features
     def _image(self, frame: Frame) -> torch.Tensor:
-        return torch.from_numpy(frame.image).to(self.device)
+        """(H, W, 3) float32 0-255 RGB: the un-rounded resize when the frame carries it (what the official
+        loader feeds, ``cv2.resize`` of the float image), else the captured uint8 image."""
+        src = frame.image_float if frame.image_float is not None else frame.image
+        return torch.from_numpy(np.ascontiguousarray(src)).to(self.device).float()
 
     def _remember(self, uid: int, feature_half: torch.Tensor) -> None:
         if self.cache_size <= 0:

@@ -79,7 +79,7 @@ class DVMVSNet(nn.Module):
 
     @staticmethod
     def normalize(images_uint8: torch.Tensor) -> torch.Tensor:
-        """(N, H, W, 3) uint8 RGB -> (N, 3, H, W) float32 ImageNet-normalised."""
+        """(N, H, W, 3) RGB in 0-255 (uint8 or float) -> (N, 3, H, W) float32 ImageNet-normalised."""
         x = images_uint8.permute(0, 3, 1, 2).float() / 255.0
         mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
