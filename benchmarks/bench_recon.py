@@ -66,6 +66,8 @@ def main(argv=None) -> int:
     p.add_argument("--voxel", type=float, default=0.02)
     p.add_argument("--out", default="out/bench_recon")
     p.add_argument("--skip-timing", action="store_true")
+    p.add_argument("--cache", action="store_true",
+                   help="keep each model's depth maps in OUT/<model>_depth.npz and reuse them on the next run")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     root = shared_path("data", "hololens-000")
@@ -115,32 +117,41 @@ def main(argv=None) -> int:
             if ckpt is None:
                 print("itermvs: shared BlendedMVS checkpoint not found; skipped")
                 continue
-        est = create_model(name, checkpoint=str(ckpt) if ckpt else None, device="cpu", min_depth=0.25, max_depth=20.0)
-        pipe = VideoPipeline(est, PipelineConfig(width=W, height=H, n_measurement_frames=2))
-        depths, confs, ms, thr = [], [], [], None
-        t0 = time.perf_counter()
-        for ref, meas in index:
-            step = pipe.process_keyframe(frame(ref), [frame(m) for m in meas])
-            depths.append(step.result.depth)
-            confs.append(step.result.confidence)
-            ms.append(step.compute_ms)
-            if thr is None:
-                thr = float(step.result.info.get("confidence_threshold", 0.5))
-        print(f"{est.describe()}: {len(depths)} keyframes, median {statistics.median(ms):.0f} ms/keyframe "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        cache_file = out / f"{name}_depth.npz"
+        if args.cache and cache_file.is_file():
+            z = np.load(cache_file)
+            depths, confs, thr = list(z["depth"]), list(z["confidence"]), float(z["threshold"])
+            print(f"{name}: {len(depths)} depth maps from {cache_file}", flush=True)
+        else:
+            est = create_model(name, checkpoint=str(ckpt) if ckpt else None, device="cpu", min_depth=0.25,
+                               max_depth=20.0)
+            pipe = VideoPipeline(est, PipelineConfig(width=W, height=H, n_measurement_frames=2))
+            depths, confs, ms, thr = [], [], [], None
+            t0 = time.perf_counter()
+            for ref, meas in index:
+                step = pipe.process_keyframe(frame(ref), [frame(m) for m in meas])
+                depths.append(step.result.depth)
+                confs.append(step.result.confidence)
+                ms.append(step.compute_ms)
+                if thr is None:
+                    thr = float(step.result.info.get("confidence_threshold", 0.5))
+            print(f"{est.describe()}: {len(depths)} keyframes, median {statistics.median(ms):.0f} ms/keyframe "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            if args.cache:
+                np.savez_compressed(cache_file, depth=np.stack(depths), confidence=np.stack(confs), threshold=thr)
         Ks = [v[0] for v in views]
         for label, c in ((f"{name} dense", ConsistencyConfig(min_confidence=0.0, min_views=0)),
                          (f"{name} conf>={thr:g}", ConsistencyConfig(min_confidence=thr, min_views=0)),
                          (f"{name} conf+consistency", ConsistencyConfig(min_confidence=thr, min_views=ccfg.min_views,
                                                                         n_neighbors=ccfg.n_neighbors))):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             filt = filter_depth_maps(depths, Ks, poses, confs, c)
-            t_f = time.perf_counter() - t0
+            t_f, c_f = time.perf_counter() - t0, time.process_time() - c0
             vol = fuse(filt.depths, views, cfg)
             m = RM.reconstruction_metrics(vol.point_cloud()[0], gt_pts, 0.05, voxel=0.01)
             m["kept_fraction"] = filt.kept_fraction
             rows[label] = m
-            print(f"  {label}: kept {100 * filt.kept_fraction:.1f} % of depth pixels (filter {t_f:.1f} s); "
+            print(f"  {label}: kept {100 * filt.kept_fraction:.1f} % of depth pixels (filter {t_f:.1f} s wall, {c_f:.1f} s CPU); "
                   f"F {m['fscore']:.3f} (P {m['precision']:.3f} R {m['recall']:.3f})", flush=True)
             if label.endswith("consistency"):
                 mesh = vol.mesh()

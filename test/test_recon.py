@@ -120,7 +120,9 @@ def test_tsdf_budget_bad_input_and_reset(seq, tmp_path):
     assert vol.n_blocks == n
     for depth, T, why in [(f.depth_gt, None, "pose"), (f.depth_gt, np.full((4, 4), np.nan), "pose"),
                           (np.full_like(f.depth_gt, np.nan), f.T_world_cam, "depth"),
-                          (np.zeros((0, 0), np.float32), f.T_world_cam, "2-D")]:
+                          (np.zeros((0, 0), np.float32), f.T_world_cam, "2-D"),
+                          (np.where(np.arange(f.depth_gt.size).reshape(f.depth_gt.shape) == 700, f.depth_gt, np.nan),
+                           f.T_world_cam, "touches no voxel block")]:   # open3d would abort on this one
         st = vol.integrate(depth, f.K, T)
         assert not st.integrated and why in st.reason
     out = vol.save(tmp_path / "c.ply", tmp_path / "m.ply")

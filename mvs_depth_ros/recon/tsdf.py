@@ -152,7 +152,13 @@ class TSDFVolume:
         intr = o3c.Tensor(Kf, o3c.float64)
         extr = o3c.Tensor(np.linalg.inv(T), o3c.float64)
         mult = c.trunc / c.voxel_size
-        coords = self._vbg.compute_unique_block_coordinates(depth_img, intr, extr, 1.0, c.max_depth, mult)
+        try:
+            coords = self._vbg.compute_unique_block_coordinates(depth_img, intr, extr, 1.0, c.max_depth, mult)
+        except RuntimeError as exc:   # open3d aborts when the valid pixels touch no block (very sparse depth)
+            if "no block is touched" not in str(exc).lower():
+                raise
+            return IntegrateStats(False, valid_pixels=n_valid, reason="the valid depth touches no voxel block",
+                                  ms=(time.perf_counter() - t0) * 1e3)
         stats = IntegrateStats(True, valid_pixels=n_valid)
         coords, stats.new_blocks, stats.dropped_blocks = self._within_budget(coords)
         if coords.shape[0] == 0:
