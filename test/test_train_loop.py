@@ -173,3 +173,17 @@ def test_cli_train_and_finetune(tmp_path):
     assert rep["before"]["photometric"] > 0
     assert finetune_main(["--synthetic", "30", "--model", "patchmatchnet", "--checkpoint", "x",
                           "--train-frames", "0:20", "--eval-frames", "10:30", "--out", str(ft)]) == 2
+
+
+def test_samples_from_a_rosbag2(tmp_path):
+    """A converted bag gives the same keyframe samples (names, poses, ground truth) as the frames it holds."""
+    from mvs_depth_ros.data.bags import write_bag
+    from mvs_depth_ros.train.data import frames_from_bag
+    frames = frames_from_synthetic(16, 32, 32, seed=0)
+    write_bag(frames, tmp_path / "bag")
+    got = keyframe_samples(frames_from_bag(tmp_path / "bag"), 32, 32, 2)
+    want = keyframe_samples(frames, 32, 32, 2)
+    assert [s.reference.name for s in got] == [s.reference.name for s in want] and got
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a.reference.T_world_cam, b.reference.T_world_cam, atol=1e-9)
+        assert a.has_gt

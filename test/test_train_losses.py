@@ -130,7 +130,8 @@ def test_edge_aware_smoothness():
     step[..., w // 2:] = 4.0
     assert float(edge_aware_smoothness(const, flat_img)) == pytest.approx(0.0, abs=1e-7)
     # invariant to the depth scale (mean-normalised)
-    assert float(edge_aware_smoothness(step, flat_img)) == pytest.approx(float(edge_aware_smoothness(step * 3, flat_img)), rel=1e-5)
+    assert float(edge_aware_smoothness(step, flat_img)) == pytest.approx(
+        float(edge_aware_smoothness(step * 3, flat_img)), rel=1e-5)
     # a depth edge on an image edge costs less than the same depth edge on a flat image
     assert float(edge_aware_smoothness(step, edge_img)) < float(edge_aware_smoothness(step, flat_img))
     noisy = const + 0.3 * torch.rand(1, 1, h, w, generator=torch.Generator().manual_seed(0))

@@ -27,10 +27,9 @@ from typing import List, Optional
 
 import torch
 
-from ..core.keyframes import KeyframeConfig
 from ..eval.metrics import format_table
 from ..train.adapters import TRAINABLE
-from ..train.data import (TrainingSample, frames_from_bag, frames_from_scene, frames_from_synthetic, index_samples,
+from ..train.data import (frames_from_bag, frames_from_scene, frames_from_synthetic, index_samples,
                           keyframe_samples, parse_range, strip_ground_truth)
 from ..train.loop import LOSSES, TrainConfig, Trainer, evaluate_estimator
 
@@ -129,7 +128,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     result = Trainer(cfg, samples).run(resume=args.resume)
     hist = result["history"]
     if hist:
-        print(f"loss {hist[0]['loss']:.4f} (step {hist[0]['step']}) -> {hist[-1]['loss']:.4f} (step {hist[-1]['step']})")
+        print(f"loss {hist[0]['loss']:.4f} (step {hist[0]['step']}) -> {hist[-1]['loss']:.4f} "
+              f"(step {hist[-1]['step']})")
     print(f"checkpoint: {result['checkpoint']}  (load with create_model({args.model!r}, checkpoint=...))")
     print(f"log: {Path(args.out) / 'train_log.csv'}; resumable state: {result['state']}")
     return 0
@@ -137,7 +137,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 # --------------------------------------------------------------------------------------------- finetune
 def _print_eval(title: str, ev: dict) -> None:
-    line = f"{title}: {ev['frames']} keyframes, photometric {ev['photometric']:.4f}, reprojection {ev['reprojection']:.4f}"
+    line = (f"{title}: {ev['frames']} keyframes, photometric {ev['photometric']:.4f}, "
+            f"reprojection {ev['reprojection']:.4f}")
     if "depth" in ev:
         d = ev["depth"]
         line += f", abs_rel {d['abs_rel']:.4f}, a1 {d['a1']:.4f}, rmse {d['rmse']:.4f}"

@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.frame import Frame
-from ..models.checkpoints import extract_state_dict, load_checkpoint, load_state_dict_strict
 from .data import TrainingSample
 
 log = logging.getLogger(__name__)
