@@ -14,6 +14,7 @@
 set -u
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${1:-$REPO/.venv}"
+[ -d "$VENV" ] && VENV="$(cd "$VENV" && pwd)"   # absolute: the cmake builds run in other folders
 PY="$VENV/bin/python"
 BUILD="$REPO/.ros_build"
 PREFIX="$BUILD/install"

@@ -29,6 +29,7 @@ from ..core.pipeline import PipelineConfig, StepResult, VideoPipeline
 from ..data.paths import shared_path
 from ..eval import metrics as M
 from ..eval import report
+from ..models.base import recommended_threshold
 from ..models.registry import DEFAULT_MODEL, available_models, create_model
 
 log = logging.getLogger("mvs_depth_ros.run")
@@ -188,7 +189,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if res is None:
             continue
         if threshold is None:
-            threshold = float(res.info.get("confidence_threshold", 0.5))
+            threshold = recommended_threshold(res)
         ref = step.frame
         stem = Path(ref.name).stem
         np.save(out / "depth" / f"{stem}.npy", res.depth.astype(np.float32))

@@ -19,6 +19,15 @@ from ..core.frame import DepthResult, Frame
 
 log = logging.getLogger(__name__)
 
+#: "confident pixels" threshold for estimators that do not recommend their own
+DEFAULT_CONFIDENCE_THRESHOLD = 0.5
+
+
+def recommended_threshold(result: DepthResult) -> float:
+    """The confidence threshold the estimator recommends for this result (``info["confidence_threshold"]``),
+    else :data:`DEFAULT_CONFIDENCE_THRESHOLD`. The CLI's and the ROS evaluator's "filtered" numbers use it."""
+    return float(result.info.get("confidence_threshold", DEFAULT_CONFIDENCE_THRESHOLD))
+
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` picks CUDA when available, else CPU; ``cuda`` without a GPU is a clear error."""

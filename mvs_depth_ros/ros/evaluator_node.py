@@ -42,6 +42,7 @@ import cv2
 import numpy as np
 
 from ..core.frame import DepthResult
+from ..models.base import DEFAULT_CONFIDENCE_THRESHOLD
 from ..eval import metrics as M
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,9 @@ class EvaluatorConfig:
     min_gt: float = 0.5
     min_depth: float = 0.25
     max_depth: float = 20.0
-    confidence_threshold: float = 0.5
+    #: threshold of the "filtered" numbers; < 0: the estimator's recommendation carried by each prediction
+    #: (DepthEstimate.confidence_threshold), exactly what `mvs-depth run` uses by default
+    confidence_threshold: float = -1.0
     match_tolerance_ns: int = 0
     max_pending: int = 100
     output_dir: str = ""
@@ -63,8 +66,8 @@ class EvaluatorConfig:
             raise ValueError(f"need 0 < min_depth < max_depth, got {self.min_depth}, {self.max_depth}")
         if not self.min_gt >= 0:
             raise ValueError(f"min_gt must be >= 0, got {self.min_gt}")
-        if not 0.0 <= self.confidence_threshold <= 1.0:
-            raise ValueError(f"confidence_threshold must be in [0, 1], got {self.confidence_threshold}")
+        if not self.confidence_threshold <= 1.0:
+            raise ValueError(f"confidence_threshold must be <= 1 (< 0: the estimator's own), got {self.confidence_threshold}")
         if self.match_tolerance_ns < 0 or self.max_pending < 1:
             raise ValueError("match_tolerance must be >= 0 and max_pending >= 1")
 
@@ -89,6 +92,7 @@ class _Pred:
     confidence: Optional[np.ndarray]
     measurement_stamps: List[int] = field(default_factory=list)
     ms: Optional[float] = None
+    threshold: Optional[float] = None   # the estimator's recommended confidence threshold
 
 
 def gt_at_resolution(gt: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -122,13 +126,15 @@ class EvaluatorCore:
         self._lock = threading.RLock()
         self._warn = warn or (lambda key, text: log.warning(text))
         self._written = 0
+        self.threshold_used: Optional[float] = None  # the filtered numbers' threshold (last prediction)
 
     def name_of(self, stamp: int) -> str:
         return self.names.get(stamp, str(stamp))
 
     # ----------------------------------------------------------------------------------- inputs
     def add_prediction(self, stamp: int, depth: np.ndarray, confidence: Optional[np.ndarray] = None,
-                       measurement_stamps: Sequence[int] = (), ms: Optional[float] = None) -> None:
+                       measurement_stamps: Sequence[int] = (), ms: Optional[float] = None,
+                       threshold: Optional[float] = None) -> None:
         with self._lock:
             c = self.counters
             c.predictions += 1
@@ -145,7 +151,7 @@ class EvaluatorCore:
                 c.stamps_backwards += 1
                 self._warn("backwards", f"prediction stamp went backwards ({stamp} < {self._last_pred})")
             self._last_pred = max(self._last_pred, stamp)
-            self._preds[stamp] = _Pred(stamp, depth, confidence, list(measurement_stamps), ms)
+            self._preds[stamp] = _Pred(stamp, depth, confidence, list(measurement_stamps), ms, threshold)
             self._match()
 
     def add_ground_truth(self, stamp: int, depth: np.ndarray) -> None:
@@ -214,6 +220,11 @@ class EvaluatorCore:
             self._drop_gt(self._gt_stamps[0])
             self.counters.gt_without_prediction += 1
 
+    def threshold_for(self, pred: _Pred) -> float:
+        if self.config.confidence_threshold >= 0:
+            return self.config.confidence_threshold
+        return pred.threshold if pred.threshold is not None else DEFAULT_CONFIDENCE_THRESHOLD
+
     def _evaluate(self, pred: _Pred, gt: np.ndarray) -> None:
         cfg = self.config
         self._done.add(pred.stamp)
@@ -223,8 +234,9 @@ class EvaluatorCore:
         dense = M.depth_metrics(pred.depth, gt_r, min_gt=cfg.min_gt, clip=clip)
         filt = None
         if pred.confidence is not None:
+            self.threshold_used = self.threshold_for(pred)
             filtered = DepthResult(depth=pred.depth, confidence=pred.confidence, K=np.eye(3)).filtered(
-                cfg.confidence_threshold)
+                self.threshold_used)
             filt = M.depth_metrics(filtered, gt_r, min_gt=cfg.min_gt, clip=clip)
         stem = Path(self.name_of(pred.stamp)).stem
         meas = [Path(self.name_of(s)).stem for s in pred.measurement_stamps]
@@ -247,7 +259,8 @@ class EvaluatorCore:
             out = {
                 "source": "evaluator_node",
                 "settings": {"min_depth": cfg.min_depth, "max_depth": cfg.max_depth, "min_gt": cfg.min_gt,
-                             "confidence_threshold": cfg.confidence_threshold,
+                             "confidence_threshold": (cfg.confidence_threshold if cfg.confidence_threshold >= 0
+                                                      else self.threshold_used),
                              "match_tolerance_ns": cfg.match_tolerance_ns},
                 "keyframes": len(self.per_frame),
                 "evaluator": asdict(self.counters),
@@ -318,7 +331,8 @@ def _params() -> Dict[str, Tuple[object, str, dict]]:
         "min_depth": (0.25, "prediction clipped to [min_depth, max_depth] before the metrics (m)",
                       _frange(1e-6, 1e4)),
         "max_depth": (20.0, "see min_depth (m)", _frange(1e-6, 1e4)),
-        "confidence_threshold": (0.5, "confidence threshold of the 'filtered' numbers", _frange(0.0, 1.0)),
+        "confidence_threshold": (-1.0, "confidence threshold of the 'filtered' numbers (< 0: the estimator's "
+                                 "recommendation from each DepthEstimate, as `mvs-depth run` does)", _frange(-1.0, 1.0)),
         "output_dir": ("", "write the mvs-depth run output contract here ('' = do not write)", {}),
         "names_bag": ("", "bag converted by 'mvs-depth bag convert' whose frame names label the results", {}),
         "write_period": (0.0, "also write the outputs every this many seconds (0 = only at shutdown)",
@@ -425,7 +439,8 @@ class EvaluatorNode(Node):  # type: ignore[misc,valid-type]
             self.core.bad_message(f"undecodable DepthEstimate at {stamp}: {exc}")
             return
         meas = [int(t.sec) * 10**9 + int(t.nanosec) for t in msg.measurement_stamps]
-        self.core.add_prediction(stamp, depth, conf, meas, float(msg.compute_ms))
+        self.core.add_prediction(stamp, depth, conf, meas, float(msg.compute_ms),
+                                 float(msg.confidence_threshold) if hasattr(msg, "confidence_threshold") else None)
         self._after_add()
 
     def _on_depth(self, msg) -> None:

@@ -43,6 +43,7 @@ from ..core.frame import Frame, scale_intrinsics
 from ..core.keyframes import KeyframeConfig
 from ..core.pipeline import PipelineConfig, VideoPipeline
 from ..models.registry import NEEDS_CHECKPOINT, create_model
+from ..models.base import recommended_threshold
 from . import conversions as C
 from . import interfaces
 from .diagnostics import RateLimitedLog, RateWindow, Stats, make_status
@@ -391,6 +392,8 @@ class MvsNode(Node):
             est.pose = C.make_pose_stamped(T, cfg.world_frame, msg.header.stamp)
             est.model = str(self.model_name)
             est.compute_ms = float(step.compute_ms)
+            if hasattr(est, "confidence_threshold"):  # interfaces built before the field existed lack it
+                est.confidence_threshold = recommended_threshold(res)
             est.measurement_stamps = [C.ns_to_stamp(m.stamp) for m in step.measurements]
             est.measurement_ids = [int(m.uid) for m in step.measurements]
             self.pub_estimate.publish(est)
