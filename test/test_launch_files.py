@@ -256,13 +256,9 @@ def test_runner_eval_bag_end_to_end(tmp_path):
     from mvs_depth_ros.ros import interfaces
     if not (interfaces.tf_message_available() and interfaces.depth_estimate_available()):
         pytest.skip("eval-bag needs tf2_msgs and mvs_depth_ros/msg (tools/install_ros.sh builds them)")
-    try:
-        from mvs_depth_ros.data.bags import write_bag
-        from mvs_depth_ros.data.synthetic import render_sequence
-    except ImportError as exc:
-        pytest.skip(f"bag writer / renderer not in this install: {exc}")
-    if not (REPO_ROOT / "config" / "datasets" / "synthetic.yaml").is_file():
-        pytest.skip("config/datasets/synthetic.yaml not present")
+    from mvs_depth_ros.cli import main as cli_main
+    from mvs_depth_ros.data.bags import write_bag
+    from mvs_depth_ros.data.synthetic import render_sequence
     seq = render_sequence(n_frames=16, width=160, height=128, supersample=1)
     bag = tmp_path / "bag"
     write_bag(seq.frames, bag)
@@ -278,3 +274,13 @@ def test_runner_eval_bag_end_to_end(tmp_path):
     ev = metrics["summary"]["evaluator"]
     assert ev["evaluated"] >= 2 and ev["ground_truth"] >= 12, ev
     assert metrics["summary"]["dense"]["abs_rel"] < 0.3, metrics["summary"]["dense"]
+    # the same keyframes offline, from the same bag: the ROS graph's numbers are the offline numbers
+    offline = tmp_path / "offline"
+    assert cli_main(["run", "--bag", str(bag), "--keyframes", str(out / "keyframes.txt"), "--width", "160",
+                     "--height", "128", "--device", "cpu", "--model-option", "n_planes=16", "--pictures", "0",
+                     "--out", str(offline)]) == 0
+    ref = json.loads((offline / "metrics.json").read_text())
+    assert ref["summary"]["keyframes"] == metrics["summary"]["keyframes"]
+    for kind in ("dense", "filtered"):
+        for key, value in ref["summary"][kind].items():
+            assert value == pytest.approx(metrics["summary"][kind][key], abs=1e-6), (kind, key)

@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     mdl.add_argument("--max-depth", type=float, default=20.0)
     mdl.add_argument("--confidence-threshold", type=float, default=None,
                      help="threshold for the 'filtered' numbers (default: the estimator's own)")
+    mdl.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                     help="estimator-specific option, repeatable (e.g. n_planes=32, seed=1); values parsed as YAML")
     mdl.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     out = p.add_argument_group("output")
     out.add_argument("--out", default="out/run", help="output folder")
@@ -144,6 +146,19 @@ def iterate_steps(pipeline: VideoPipeline, source: _FrameSource,
             yield pipeline.process(source.get(i))
 
 
+def parse_options(items: Sequence[str]) -> dict:
+    """``["n_planes=32", "seed=1"]`` -> ``{"n_planes": 32, "seed": 1}`` (values parsed as YAML scalars)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--model-option expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def _peak_rss_mb() -> Optional[float]:
     try:
         import resource
@@ -164,7 +179,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     source, description, index = open_source(args)
     estimator = create_model(args.model, checkpoint=args.checkpoint, device=args.device,
-                             min_depth=args.min_depth, max_depth=args.max_depth)
+                             min_depth=args.min_depth, max_depth=args.max_depth, **parse_options(args.model_option))
     pipeline = VideoPipeline(estimator, PipelineConfig(width=args.width, height=args.height,
                                                        n_measurement_frames=args.n_measurement_frames,
                                                        keyframes=KeyframeConfig()))
