@@ -80,11 +80,12 @@ def reconstruction_metrics(pred: ArrayOrCloud, gt: ArrayOrCloud, threshold: floa
 
 def format_metrics(rows: Dict[str, Dict[str, float]]) -> str:
     """A small text table: one row per named result."""
-    head = f"{'':24s} {'acc mean':>9s} {'acc med':>8s} {'comp mean':>9s} {'comp med':>8s} {'prec':>6s} " \
+    w = max([24] + [len(n) for n in rows])
+    head = f"{'':{w}s} {'acc mean':>9s} {'acc med':>8s} {'comp mean':>9s} {'comp med':>8s} {'prec':>6s} " \
            f"{'recall':>6s} {'F':>6s} {'points':>8s}"
     lines = [head]
     for name, m in rows.items():
-        lines.append(f"{name:24s} {m['accuracy_mean']:9.4f} {m['accuracy_median']:8.4f} {m['completeness_mean']:9.4f} "
+        lines.append(f"{name:{w}s} {m['accuracy_mean']:9.4f} {m['accuracy_median']:8.4f} {m['completeness_mean']:9.4f} "
                      f"{m['completeness_median']:8.4f} {m['precision']:6.3f} {m['recall']:6.3f} {m['fscore']:6.3f} "
                      f"{m['n_pred']:8d}")
     return "\n".join(lines)
