@@ -32,14 +32,12 @@ from __future__ import annotations
 import collections
 import sys
 import threading
-import time
 import traceback
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Deque, Dict, List, Optional, Sequence
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
@@ -52,6 +50,7 @@ from ..recon.tsdf import TSDFConfig, TSDFVolume
 from . import conversions as C
 from . import interfaces
 from .diagnostics import RateLimitedLog, RateWindow, make_status
+from .node_main import spin_node
 from .params import ParameterError, Spec, declare_all
 from .qos import diagnostics_qos, make_qos
 from .tf_buffer import TransformError, make_tf_lookup
@@ -589,26 +588,7 @@ class MapNode(Node):
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``ros2 run mvs_depth_ros map_node --ros-args -p world_frame:=odom -p voxel_size:=0.02 ...``"""
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-    args = sys.argv if argv is None else argv
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = MapNode()
-        executor = MultiThreadedExecutor(num_threads=3)
-        executor.add_node(node)
-        executor.spin()
-    except ParameterError as exc:
-        print(f"map_node: invalid parameters: {exc}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.get_logger().info(f"counters: {asdict(node.counters)}")
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_node(MapNode, "map_node", argv, threads=3, large_messages=False)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
@@ -47,6 +46,7 @@ from ..models.base import recommended_threshold
 from . import conversions as C
 from . import interfaces
 from .diagnostics import RateLimitedLog, RateWindow, Stats, make_status
+from .node_main import spin_node
 from .params import MVS_SPECS, MvsConfig, ParameterError, declare_all
 from .qos import diagnostics_qos, make_qos
 from .sync import PoseBuffer, SyncError, pose_message_to_matrix
@@ -461,27 +461,7 @@ class MvsNode(Node):
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``ros2 run mvs_depth_ros mvs_node --ros-args -p model:=planesweep ...``"""
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-    args = sys.argv if argv is None else argv
-    C.tune_allocator_for_large_messages()
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = MvsNode()
-        executor = MultiThreadedExecutor(num_threads=2)
-        executor.add_node(node)
-        executor.spin()
-    except ParameterError as exc:
-        print(f"mvs_node: invalid parameters: {exc}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.get_logger().info(f"counters: {asdict(node.counters)}")
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_node(MvsNode, "mvs_node", argv, threads=2)
 
 
 if __name__ == "__main__":

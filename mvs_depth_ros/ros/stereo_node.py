@@ -41,7 +41,6 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
@@ -58,6 +57,7 @@ from ..models.stereo.sgbm import SGBMConfig
 from ..models.stereo.temporal import TemporalConfig, TemporalStereo
 from . import conversions as C
 from .diagnostics import RateLimitedLog, RateWindow, Stats, make_status
+from .node_main import spin_node
 from .params import ParameterError, Spec, declare_all
 from .qos import diagnostics_qos, make_qos
 from .tf_buffer import TransformError, make_tf_lookup
@@ -718,27 +718,7 @@ class StereoNode(Node):
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``ros2 run mvs_depth_ros stereo_node --ros-args -r left/image_rect:=... -p num_disparities:=128``"""
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-    args = sys.argv if argv is None else argv
-    C.tune_allocator_for_large_messages()
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = StereoNode()
-        executor = MultiThreadedExecutor(num_threads=2)
-        executor.add_node(node)
-        executor.spin()
-    except ParameterError as exc:
-        print(f"stereo_node: invalid parameters: {exc}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.get_logger().info(f"counters: {asdict(node.counters)}")
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_node(StereoNode, "stereo_node", argv, threads=2)
 
 
 if __name__ == "__main__":
