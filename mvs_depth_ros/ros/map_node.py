@@ -51,7 +51,7 @@ from . import conversions as C
 from . import interfaces
 from .diagnostics import RateLimitedLog, RateWindow, make_status
 from .node_main import spin_node
-from .params import ParameterError, Spec, declare_all
+from .params import ParameterError, Spec, declare_all, live_changes, with_changes
 from .qos import diagnostics_qos, make_qos
 from .tf_buffer import TransformError, make_tf_lookup
 
@@ -380,30 +380,14 @@ class MapNode(Node):
 
     # ------------------------------------------------------------------------------------ commands
     def _on_set_parameters(self, params: List[Parameter]) -> SetParametersResult:
-        changes = {}
-        for p in params:
-            spec = MAP_SPECS.get(p.name)
-            if spec is None:
-                continue
-            if spec.read_only:
-                return SetParametersResult(successful=False, reason=f"{p.name} is read-only (restart the node)")
-            v = float(p.value) if isinstance(spec.default, float) and isinstance(p.value, int) else p.value
-            try:
-                if type(v) is not type(spec.default):
-                    raise ParameterError(f"parameter {p.name}={v!r}: expected {type(spec.default).__name__}")
-                changes[p.name] = spec.check(p.name, v)
-            except ParameterError as exc:
-                return SetParametersResult(successful=False, reason=str(exc))
-        cmd = changes.pop("command", "")
-        if cmd not in ("", "save", "reset"):
-            return SetParametersResult(successful=False, reason="command must be '', 'save' or 'reset'")
-        if changes:
-            values = asdict(self.config)
-            values.update(changes)
-            try:
-                self.config = MapConfig.from_values(values)
-            except ParameterError as exc:
-                return SetParametersResult(successful=False, reason=str(exc))
+        try:
+            changes = live_changes(MAP_SPECS, params)
+            cmd = changes.pop("command", "")
+            if cmd not in ("", "save", "reset"):
+                return SetParametersResult(successful=False, reason="command must be '', 'save' or 'reset'")
+            self.config = with_changes(self.config, changes)
+        except ParameterError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
         if cmd == "save":
             ok, text = self.save()
             return SetParametersResult(successful=ok, reason=text)

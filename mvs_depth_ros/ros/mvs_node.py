@@ -47,7 +47,7 @@ from . import conversions as C
 from . import interfaces
 from .diagnostics import RateLimitedLog, RateWindow, Stats, make_status
 from .node_main import spin_node
-from .params import MVS_SPECS, MvsConfig, ParameterError, declare_all
+from .params import MVS_SPECS, MvsConfig, ParameterError, declare_all, live_changes, with_changes
 from .qos import diagnostics_qos, make_qos
 from .sync import PoseBuffer, SyncError, pose_message_to_matrix
 from .tf_buffer import TransformError, make_tf_lookup
@@ -209,27 +209,10 @@ class MvsNode(Node):
         self._warn(key, text)
 
     def _on_set_parameters(self, params: List[Parameter]) -> SetParametersResult:
-        changes = {}
-        for p in params:
-            spec = MVS_SPECS.get(p.name)
-            if spec is None:
-                continue
-            if spec.read_only:
-                return SetParametersResult(successful=False, reason=f"{p.name} is read-only (restart the node)")
-            v = float(p.value) if isinstance(spec.default, float) and isinstance(p.value, int) else p.value
-            try:
-                if type(v) is not type(spec.default):
-                    raise ParameterError(f"parameter {p.name}={v!r}: expected {type(spec.default).__name__}")
-                changes[p.name] = spec.check(p.name, v)
-            except ParameterError as exc:
-                return SetParametersResult(successful=False, reason=str(exc))
-        if changes:
-            values = asdict(self.config)
-            values.update(changes)
-            try:
-                self.config = MvsConfig.from_values(values)
-            except ParameterError as exc:
-                return SetParametersResult(successful=False, reason=str(exc))
+        try:
+            self.config = with_changes(self.config, live_changes(MVS_SPECS, params))
+        except ParameterError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
         return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------------------------------ worker

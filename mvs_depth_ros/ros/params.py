@@ -7,7 +7,7 @@ A bad value raises :class:`ParameterError` naming the parameter and why.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
@@ -69,13 +69,40 @@ def declare_all(node, specs: Dict[str, Spec]) -> Dict[str, Any]:
             p = node.declare_parameter(name, spec.default, spec.descriptor(name))
         except (InvalidParameterValueException, ParameterException, TypeError) as exc:
             raise ParameterError(f"parameter {name}: {exc}") from exc
-        v = p.value
-        if isinstance(spec.default, float) and isinstance(v, int):
-            v = float(v)
-        if type(v) is not type(spec.default):
-            raise ParameterError(f"parameter {name}={v!r}: expected {type(spec.default).__name__}")
-        values[name] = spec.check(name, v)
+        values[name] = check_value(name, spec, p.value)
     return values
+
+
+def check_value(name: str, spec: Spec, value: Any) -> Any:
+    """A parameter value of the declared type (ints accepted for floats) within its range / choices."""
+    if isinstance(spec.default, float) and isinstance(value, int):
+        value = float(value)
+    if type(value) is not type(spec.default):
+        raise ParameterError(f"parameter {name}={value!r}: expected {type(spec.default).__name__}")
+    return spec.check(name, value)
+
+
+def live_changes(specs: Dict[str, Spec], params: Sequence[Any]) -> Dict[str, Any]:
+    """Checked ``{name: value}`` of a set-parameters request (rclpy ``Parameter`` objects); parameters not in
+    ``specs`` are ignored; a read-only, mistyped or out-of-range one raises :class:`ParameterError`."""
+    changes = {}
+    for p in params:
+        spec = specs.get(p.name)
+        if spec is None:
+            continue
+        if spec.read_only:
+            raise ParameterError(f"{p.name} is read-only (restart the node)")
+        changes[p.name] = check_value(p.name, spec, p.value)
+    return changes
+
+
+def with_changes(config: Any, changes: Dict[str, Any]) -> Any:
+    """``config`` (a frozen dataclass with ``from_values``) with ``changes`` applied and re-validated."""
+    if not changes:
+        return config
+    values = asdict(config)
+    values.update(changes)
+    return type(config).from_values(values)
 
 
 # ---------------------------------------------------------------------------------------------------

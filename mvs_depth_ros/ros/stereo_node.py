@@ -58,7 +58,7 @@ from ..models.stereo.temporal import TemporalConfig, TemporalStereo
 from . import conversions as C
 from .diagnostics import RateLimitedLog, RateWindow, Stats, make_status
 from .node_main import spin_node
-from .params import ParameterError, Spec, declare_all
+from .params import ParameterError, Spec, declare_all, live_changes, with_changes
 from .qos import diagnostics_qos, make_qos
 from .tf_buffer import TransformError, make_tf_lookup
 
@@ -456,27 +456,10 @@ class StereoNode(Node):
         self._info[side] = msg
 
     def _on_set_parameters(self, params: List[Parameter]) -> SetParametersResult:
-        changes = {}
-        for p in params:
-            spec = STEREO_SPECS.get(p.name)
-            if spec is None:
-                continue
-            if spec.read_only:
-                return SetParametersResult(successful=False, reason=f"{p.name} is read-only (restart the node)")
-            v = float(p.value) if isinstance(spec.default, float) and isinstance(p.value, int) else p.value
-            try:
-                if type(v) is not type(spec.default):
-                    raise ParameterError(f"parameter {p.name}={v!r}: expected {type(spec.default).__name__}")
-                changes[p.name] = spec.check(p.name, v)
-            except ParameterError as exc:
-                return SetParametersResult(successful=False, reason=str(exc))
-        if changes:
-            values = asdict(self.config)
-            values.update(changes)
-            try:
-                self.config = StereoConfig.from_values(values)
-            except ParameterError as exc:
-                return SetParametersResult(successful=False, reason=str(exc))
+        try:
+            self.config = with_changes(self.config, live_changes(STEREO_SPECS, params))
+        except ParameterError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
         return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------------------------------ worker
