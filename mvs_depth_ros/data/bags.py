@@ -210,6 +210,23 @@ class WriteSummary:
     names: List[str] = field(default_factory=list)
 
 
+def open_writer(out: Path, storage: str, rate: float):
+    """An opened rosbag2 ``Writer`` for a new folder ``out`` (``storage`` mcap | sqlite3); checks ``rate``."""
+    from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
+
+    if not (rate > 0 and math.isfinite(rate)):
+        raise ValueError(f"rate must be a positive number of Hz, got {rate}")
+    plugins = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
+    if storage not in plugins:
+        raise ValueError(f"storage must be one of {sorted(plugins)}, got {storage!r}")
+    try:
+        writer = Writer(out, version=9, storage_plugin=plugins[storage])
+        writer.open()
+    except (WriterError, OSError) as exc:
+        raise BagError(f"{out}: cannot create bag: {exc}") from None
+    return writer
+
+
 def write_bag(frames: Iterable[Frame], out: os.PathLike | str, *, rate: float = 10.0,
               storage: str = "mcap", topics: BagTopics = BagTopics(), tf_frames: BagFrames = BagFrames(),
               start_ns: int = DEFAULT_START_NS, source: str = "") -> WriteSummary:
@@ -219,23 +236,12 @@ def write_bag(frames: Iterable[Frame], out: os.PathLike | str, *, rate: float = 
     get no ``/tf`` entry (tracking lost); frames without ``depth_gt`` get no ground-truth message.
     With ``tf_frames.mount`` empty, ``/tf`` goes straight from world to the optical frame.
     """
-    from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
-
-    if not (rate > 0 and math.isfinite(rate)):
-        raise ValueError(f"rate must be a positive number of Hz, got {rate}")
-    plugins = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
-    if storage not in plugins:
-        raise ValueError(f"storage must be one of {sorted(plugins)}, got {storage!r}")
     out = Path(out)
+    writer = open_writer(out, storage, rate)
     ts = typestore()
     summary = WriteSummary(path=out)
     T_mount_opt = T_link_optical()
     T_opt_mount = np.linalg.inv(T_mount_opt)
-    try:
-        writer = Writer(out, version=9, storage_plugin=plugins[storage])
-        writer.open()
-    except (WriterError, OSError) as exc:
-        raise BagError(f"{out}: cannot create bag: {exc}") from None
     try:
         c_static = writer.add_connection(topics.tf_static, TF_T, typestore=ts,
                                          offered_qos_profiles=[bag_qos(True, 1)])

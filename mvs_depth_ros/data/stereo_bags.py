@@ -27,7 +27,6 @@ import argparse
 import bisect
 import json
 import logging
-import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ import numpy as np
 from ..core.frame import StereoFrame
 from ..core.stereo import disparity_to_depth
 from .bag_topics import CUSTOM_FRAMES_KEY, CUSTOM_SOURCE_KEY, T_link_optical
-from .bags import (CAMERA_INFO_T, DEFAULT_START_NS, IMAGE_T, TF_T, BagError, TfTimeline, print_info, bag_qos,
+from .bags import (CAMERA_INFO_T, DEFAULT_START_NS, IMAGE_T, TF_T, BagError, TfTimeline, open_writer, print_info, bag_qos,
                    bag_info, camera_info_msg, decode_depth, decode_image, frame_names, image_msg, iter_messages,
                    open_bag, stamp_to_ns, tf_message, transform_stamped, typestore)
 
@@ -115,23 +114,12 @@ def write_stereo_bag(frames: Iterable[StereoFrame], out: os.PathLike | str, *, r
     truth. The static transforms use the first pair's baseline (a rig does not change it mid-bag; a pair
     with another baseline is an error).
     """
-    from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
-
-    if not (rate > 0 and math.isfinite(rate)):
-        raise ValueError(f"rate must be a positive number of Hz, got {rate}")
-    plugins = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
-    if storage not in plugins:
-        raise ValueError(f"storage must be one of {sorted(plugins)}, got {storage!r}")
     out = Path(out)
+    writer = open_writer(out, storage, rate)
     ts = typestore()
     summary = StereoWriteSummary(path=out)
     T_mount_opt = T_link_optical()
     T_opt_mount = np.linalg.inv(T_mount_opt)
-    try:
-        writer = Writer(out, version=9, storage_plugin=plugins[storage])
-        writer.open()
-    except (WriterError, OSError) as exc:
-        raise BagError(f"{out}: cannot create bag: {exc}") from None
     baseline: Optional[float] = None
     try:
         conn = {}
