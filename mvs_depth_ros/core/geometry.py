@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Tuple
 
 import numpy as np
+import transforms3d.quaternions as tq
 
 
 def pose_distance(T_ref: np.ndarray, T_meas: np.ndarray) -> Tuple[float, float, float]:
@@ -63,3 +64,25 @@ def transform_points(T: np.ndarray, points: np.ndarray) -> np.ndarray:
 def relative_pose(T_world_a: np.ndarray, T_world_b: np.ndarray) -> np.ndarray:
     """``T_a_b``: maps points in camera b to camera a."""
     return np.linalg.inv(T_world_a) @ T_world_b
+
+
+def slerp(q0: np.ndarray, q1: np.ndarray, a: float) -> np.ndarray:
+    """Spherical interpolation of unit quaternions (w, x, y, z), shortest arc, ``a`` in [0, 1]."""
+    q0 = np.asarray(q0, dtype=np.float64)
+    q1 = np.asarray(q1, dtype=np.float64)
+    d = float(np.dot(q0, q1))
+    if d < 0.0:
+        q1, d = -q1, -d
+    if d > 0.9995:  # nearly parallel: normalised lerp is exact to ~1e-7
+        q = q0 + a * (q1 - q0)
+        return q / np.linalg.norm(q)
+    th = np.arccos(min(1.0, d))
+    return (np.sin((1.0 - a) * th) * q0 + np.sin(a * th) * q1) / np.sin(th)
+
+
+def interpolate_pose(Ta: np.ndarray, Tb: np.ndarray, a: float) -> np.ndarray:
+    """Rigid transform a fraction ``a`` of the way from ``Ta`` to ``Tb`` (slerp rotation, lerp translation)."""
+    T = np.eye(4)
+    T[:3, :3] = tq.quat2mat(slerp(tq.mat2quat(Ta[:3, :3]), tq.mat2quat(Tb[:3, :3]), a))
+    T[:3, 3] = (1.0 - a) * Ta[:3, 3] + a * Tb[:3, 3]
+    return T

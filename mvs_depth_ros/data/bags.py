@@ -35,6 +35,7 @@ import numpy as np
 from transforms3d.quaternions import mat2quat, quat2mat
 
 from ..core.frame import Frame
+from ..core.geometry import interpolate_pose
 from .bag_topics import (CUSTOM_FRAMES_KEY, CUSTOM_SOURCE_KEY, BagFrames, BagTopics,
                          T_link_optical)
 
@@ -436,7 +437,7 @@ class TfTimeline:
         if 0 < k < len(stamps):
             t0, t1 = stamps[k - 1], stamps[k]
             if t1 - t0 <= self.max_gap_ns:
-                return parent, _interpolate(mats[k - 1], mats[k], (t - t0) / (t1 - t0))
+                return parent, interpolate_pose(mats[k - 1], mats[k], (t - t0) / (t1 - t0))
         near = [j for j in (k - 1, k) if 0 <= j < len(stamps)]
         if near:
             j = min(near, key=lambda j: abs(stamps[j] - t))
@@ -458,22 +459,6 @@ class TfTimeline:
             frame, T_parent_child = edge
             T = T_parent_child @ T
         return None
-
-
-def _interpolate(Ta: np.ndarray, Tb: np.ndarray, a: float) -> np.ndarray:
-    qa, qb = mat2quat(Ta[:3, :3]), mat2quat(Tb[:3, :3])
-    d = float(np.dot(qa, qb))
-    if d < 0:
-        qb, d = -qb, -d
-    if d > 0.9995:
-        q = qa + a * (qb - qa)
-    else:
-        th = math.acos(min(1.0, d))
-        q = (math.sin((1 - a) * th) * qa + math.sin(a * th) * qb) / math.sin(th)
-    T = np.eye(4)
-    T[:3, :3] = quat2mat(q / np.linalg.norm(q))
-    T[:3, 3] = (1 - a) * Ta[:3, 3] + a * Tb[:3, 3]
-    return T
 
 
 @dataclass

@@ -22,6 +22,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import transforms3d.quaternions as tq
 
+from ..core.geometry import slerp
+
 
 class TransformError(LookupError):
     """Base class: why a transform is not available (the message says which frames and stamps)."""
@@ -41,21 +43,6 @@ class ExtrapolationError(TransformError):
 
 class GapError(TransformError):
     """The two samples around the stamp are farther apart than the buffer's ``max_gap``."""
-
-
-def slerp(q0: np.ndarray, q1: np.ndarray, a: float) -> np.ndarray:
-    """Spherical interpolation of unit quaternions (w, x, y, z), shortest arc, ``a`` in [0, 1]."""
-    q0 = np.asarray(q0, dtype=np.float64)
-    q1 = np.asarray(q1, dtype=np.float64)
-    d = float(np.dot(q0, q1))
-    if d < 0.0:
-        q1, d = -q1, -d
-    if d > 0.9995:  # nearly parallel: normalised lerp is exact to ~1e-7
-        q = q0 + a * (q1 - q0)
-        return q / np.linalg.norm(q)
-    th = np.arccos(min(1.0, d))
-    s = np.sin(th)
-    return (np.sin((1.0 - a) * th) * q0 + np.sin(a * th) * q1) / s
 
 
 def _to_matrix(q: np.ndarray, t: np.ndarray) -> np.ndarray:
