@@ -81,6 +81,15 @@ def make_status(name: str, hardware_id: str, level, message: str, values: Iterab
     return st
 
 
+def publish_status(node, publisher, status) -> None:
+    """Publish one DiagnosticStatus as a ``DiagnosticArray`` stamped with the node's clock."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    arr = DiagnosticArray()
+    arr.header.stamp = node.get_clock().now().to_msg()
+    arr.status = [status]
+    publisher.publish(arr)
+
+
 def status_values(status) -> Dict[str, str]:
     """``{key: value}`` of a DiagnosticStatus (for tests and the evaluator)."""
     return {kv.key: kv.value for kv in status.values}

@@ -49,7 +49,7 @@ from ..recon.consistency import consistent_view_count
 from ..recon.tsdf import TSDFConfig, TSDFVolume
 from . import conversions as C
 from . import interfaces
-from .diagnostics import RateLimitedLog, RateWindow, make_status
+from .diagnostics import RateLimitedLog, RateWindow, make_status, publish_status
 from .node_main import spin_node
 from .params import ParameterError, Spec, declare_all, live_changes, with_changes
 from .qos import diagnostics_qos, make_qos
@@ -547,10 +547,7 @@ class MapNode(Node):
         return make_status(f"{self.get_name()}: TSDF map", self.get_fully_qualified_name(), level, message, values)
 
     def publish_diagnostics(self) -> None:
-        arr = DiagnosticArray()
-        arr.header.stamp = self.get_clock().now().to_msg()
-        arr.status = [self.diagnostic_status()]
-        self.pub_diag.publish(arr)
+        publish_status(self, self.pub_diag, self.diagnostic_status())
 
     # ------------------------------------------------------------------------------------ lifecycle
     def shutdown(self) -> None:

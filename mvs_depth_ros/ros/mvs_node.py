@@ -45,7 +45,7 @@ from ..models.registry import NEEDS_CHECKPOINT, create_model
 from ..models.base import recommended_threshold
 from . import conversions as C
 from . import interfaces
-from .diagnostics import RateLimitedLog, RateWindow, Stats, make_status
+from .diagnostics import RateLimitedLog, RateWindow, Stats, make_status, publish_status
 from .node_main import spin_node
 from .params import MVS_SPECS, MvsConfig, ParameterError, declare_all, live_changes, with_changes
 from .qos import diagnostics_qos, make_qos
@@ -424,10 +424,7 @@ class MvsNode(Node):
         return make_status(f"{self.get_name()}: video MVS depth", self.get_fully_qualified_name(), level, message, values)
 
     def publish_diagnostics(self) -> None:
-        arr = DiagnosticArray()
-        arr.header.stamp = self.get_clock().now().to_msg()
-        arr.status = [self.diagnostic_status()]
-        self.pub_diag.publish(arr)
+        publish_status(self, self.pub_diag, self.diagnostic_status())
 
     # ------------------------------------------------------------------------------------ lifecycle
     def shutdown(self) -> None:

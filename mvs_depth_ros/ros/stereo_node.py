@@ -56,7 +56,7 @@ from ..models.registry import DEFAULT_STEREO_MODEL, available_stereo_models, cre
 from ..models.stereo.sgbm import SGBMConfig
 from ..models.stereo.temporal import TemporalConfig, TemporalStereo
 from . import conversions as C
-from .diagnostics import RateLimitedLog, RateWindow, Stats, make_status
+from .diagnostics import RateLimitedLog, RateWindow, Stats, make_status, publish_status
 from .node_main import spin_node
 from .params import ParameterError, Spec, declare_all, live_changes, with_changes
 from .qos import diagnostics_qos, make_qos
@@ -681,10 +681,7 @@ class StereoNode(Node):
         return make_status(f"{self.get_name()}: stereo depth", self.get_fully_qualified_name(), level, message, values)
 
     def publish_diagnostics(self) -> None:
-        arr = DiagnosticArray()
-        arr.header.stamp = self.get_clock().now().to_msg()
-        arr.status = [self.diagnostic_status()]
-        self.pub_diag.publish(arr)
+        publish_status(self, self.pub_diag, self.diagnostic_status())
 
     # ------------------------------------------------------------------------------------ lifecycle
     def shutdown(self) -> None:
