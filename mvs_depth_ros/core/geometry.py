@@ -45,11 +45,25 @@ def pixel_grid(height: int, width: int) -> np.ndarray:
 def backproject(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
     """Points ``(H, W, 3)`` float32 in the camera optical frame; NaN depth gives NaN points."""
     h, w = depth.shape
-    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-    u = (np.arange(w, dtype=np.float32) - np.float32(cx)) / np.float32(fx)
-    v = (np.arange(h, dtype=np.float32) - np.float32(cy)) / np.float32(fy)
-    z = depth.astype(np.float32, copy=False)
     out = np.empty((h, w, 3), dtype=np.float32)
+    backproject_into(depth, K, out)
+    return out
+
+
+def normalized_pixel_coordinates(K: np.ndarray, height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
+    """``x/z`` per column (W,) and ``y/z`` per row (H,), float32, of a pinhole camera without skew."""
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    u = (np.arange(width, dtype=np.float32) - np.float32(cx)) / np.float32(fx)
+    v = (np.arange(height, dtype=np.float32) - np.float32(cy)) / np.float32(fy)
+    return u, v
+
+
+def backproject_into(depth: np.ndarray, K: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """:func:`backproject` written into the first three channels of ``out`` (H, W, >=3) float32, which may be
+    a strided view (e.g. the x, y, z fields of an interleaved point buffer): no temporary (H, W, 3) array."""
+    h, w = depth.shape
+    u, v = normalized_pixel_coordinates(K, h, w)
+    z = depth.astype(np.float32, copy=False)
     np.multiply(z, u[None, :], out=out[..., 0])
     np.multiply(z, v[:, None], out=out[..., 1])
     out[..., 2] = z

@@ -22,7 +22,7 @@ from geometry_msgs.msg import Pose, PoseStamped, Quaternion, Transform, Transfor
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
-from ..core.geometry import backproject
+from ..core.geometry import backproject_into
 
 #: encoding -> (numpy dtype, channels)
 ENCODINGS = {
@@ -104,6 +104,33 @@ def _bytes_array(arr: np.ndarray) -> array.array:
     return out
 
 
+def _payload(nbytes: int) -> Tuple[array.array, np.ndarray]:
+    """A message payload of ``nbytes`` and a writable uint8 numpy view of the same memory: fill the view
+    in place and assign the array to ``msg.data`` with :func:`_set_data` (no copy at all)."""
+    buf = array.array("B", b"\0") * int(nbytes)
+    return buf, np.frombuffer(buf, dtype=np.uint8)
+
+
+_CHECKED_CONSTRUCTOR: dict = {}
+
+
+def _new_message(cls):
+    """``cls()`` built with ``check_fields=True`` where the generator supports it (Jazzy and newer).
+
+    Why: with unchecked fields the generated ``uint8[]`` setter copies its value (``array.array('B', value)``),
+    ~1.5 ms more per 5 MB point cloud; the checked setter stores an ``array.array('B')`` as is. The checks on the
+    few scalar fields cost microseconds. Older generators (Humble) always check and take no such argument."""
+    ok = _CHECKED_CONSTRUCTOR.get(cls)
+    if ok is None:
+        try:
+            msg = cls(check_fields=True)
+            _CHECKED_CONSTRUCTOR[cls] = True
+            return msg
+        except (AssertionError, TypeError):
+            _CHECKED_CONSTRUCTOR[cls] = ok = False
+    return cls(check_fields=True) if ok else cls()
+
+
 # ---------------------------------------------------------------------------------------------------
 # Image
 # ---------------------------------------------------------------------------------------------------
@@ -164,7 +191,7 @@ def array_to_image(arr: np.ndarray, encoding: str, header: Optional[Header] = No
     if not ((ch == 1 and a.ndim == 2) or (a.ndim == 3 and a.shape[2] == ch)):
         raise ConversionError(f"{encoding} needs {ch} channel(s), got shape {a.shape}")
     h, w = a.shape[:2]
-    msg = Image()
+    msg = _new_message(Image)
     if header is not None:
         msg.header = header
     msg.height, msg.width, msg.encoding = h, w, encoding
@@ -313,6 +340,20 @@ def pack_rgb(rgb: np.ndarray) -> np.ndarray:
     return packed.astype(np.uint32, copy=False).view(np.float32)
 
 
+def _pack_rgb_into(rgb: np.ndarray, field: np.ndarray) -> None:
+    """:func:`pack_rgb` written straight into ``field`` ((H, W, 1) float32 view of a point buffer): the four
+    bytes of each packed value are set in place (no temporary arrays; ~4x faster at 640x480)."""
+    b = field.view(np.uint8)                        # (H, W, 4): bytes of the float32 field
+    if _HOST_BIG_ENDIAN:                            # 0x00RRGGBB in host order
+        b[..., 0] = 0
+        b[..., 1:4] = rgb
+    else:
+        b[..., 0] = rgb[..., 2]
+        b[..., 1] = rgb[..., 1]
+        b[..., 2] = rgb[..., 0]
+        b[..., 3] = 0
+
+
 def unpack_rgb(packed: np.ndarray) -> np.ndarray:
     u = np.ascontiguousarray(packed, dtype=np.float32).view(np.uint32)
     return np.stack([(u >> 16) & 255, (u >> 8) & 255, u & 255], axis=-1).astype(np.uint8)
@@ -347,15 +388,17 @@ def depth_to_pointcloud2(depth: np.ndarray, K: np.ndarray, header: Optional[Head
     h, w = d.shape
     # one float32 (H, W, fields) buffer laid out exactly like the PointCloud2 points (all fields are
     # 4-byte floats), filled with whole-array writes
-    cloud = np.empty((h, w, len(dt.names)), dtype=np.float32)
-    pts = backproject(d, Ks)
-    for i in range(3):  # one strided copy per field (a (H, W, 3) slice copy is ~50x slower in numpy)
-        cloud[..., i] = pts[..., i]
+    if dense:
+        cloud = np.empty((h, w, len(dt.names)), dtype=np.float32)
+    else:  # organised: the points are built straight in the message payload (no copy afterwards)
+        payload, view = _payload(h * w * dt.itemsize)
+        cloud = view.view(np.float32).reshape(h, w, len(dt.names))
+    backproject_into(d, Ks, cloud)   # x y z written in place, field by field
     k = 3
     if rgb is not None:
         if rgb.shape[:2] != (h, w):
             raise ConversionError(f"rgb {rgb.shape} does not match depth {d.shape}")
-        cloud[..., k] = pack_rgb(rgb)
+        _pack_rgb_into(rgb, cloud[..., k:k + 1])
         k += 1
     if confidence is not None:
         if confidence.shape != (h, w):
@@ -364,7 +407,7 @@ def depth_to_pointcloud2(depth: np.ndarray, K: np.ndarray, header: Optional[Head
     if dense:  # gather whole points (one void element each: a memcpy per point, not per float)
         pts_void = cloud.reshape(-1).view(np.dtype((np.void, dt.itemsize)))
         cloud = pts_void[np.isfinite(d).reshape(-1)].view(np.float32).reshape(1, -1, len(dt.names))
-    msg = PointCloud2()
+    msg = _new_message(PointCloud2)
     if header is not None:
         msg.header = header
     msg.height, msg.width = cloud.shape[:2]
@@ -373,7 +416,7 @@ def depth_to_pointcloud2(depth: np.ndarray, K: np.ndarray, header: Optional[Head
     msg.point_step = dt.itemsize
     msg.row_step = dt.itemsize * msg.width
     msg.is_dense = bool(dense)
-    msg.data = _bytes_array(cloud)
+    msg.data = _bytes_array(cloud) if dense else payload
     return msg
 
 
