@@ -48,6 +48,20 @@ def diag_values(probe, name="map_node"):
     return {}
 
 
+def final_map(maps, node, quiet=1.0, timeout=20.0):
+    """The map published after the last fusion, called once ``/diagnostics`` reported every depth map fused.
+
+    map_node publishes only when the map changed, within one publish period (0.25 s in these tests) after
+    the change, so the final map is the last one received once the topic stayed quiet for ``quiet`` s
+    (counted from this call too: the final map may have arrived before the diagnostics did)."""
+    t0, t_end = time.monotonic(), time.monotonic() + timeout
+    while time.monotonic() < t_end and node.alive():
+        if maps and time.monotonic() - max(maps[-1][0], t0) > quiet:
+            return maps[-1][1]
+        time.sleep(0.05)
+    raise AssertionError(f"no map published ({len(maps)} received)\n{node.output()}")
+
+
 def check_map(points, frames):
     assert len(points) > 1000
     d = nearest_distances(points, gt_points(frames))
@@ -95,10 +109,9 @@ def test_map_from_depth_estimates(frames, tmp_path):
                 time.sleep(0.1)
             ok = probe.wait_for(lambda: diag_values(probe).get("integrated") == str(len(frames)), 60, node)
             assert ok, (diag_values(probe), node.output())
-            n_before = len(maps)
-            assert probe.wait_for(lambda: len(maps) > n_before, 20, node), node.output()
-            pts, rgb = cloud_points(maps[-1][1])
-            assert maps[-1][1].header.frame_id == "odom"
+            msg = final_map(maps, node)
+            pts, rgb = cloud_points(msg)
+            assert msg.header.frame_id == "odom"
             check_map(pts, frames)
             assert (rgb.astype(int).std(0) > 10).all()            # coloured from the images, not grey
             v = diag_values(probe)
@@ -172,6 +185,83 @@ def test_map_from_depth_camera_info_and_tf(frames):
         probe.close()
 
 
+def low_confidence_estimate(DepthEstimate, C, f, recommended=0.5):
+    """A DepthEstimate whose right half has confidence 0.2 and wrong depth (a ghost surface 40 % too near),
+    the left half confidence 0.9 and exact depth; the estimator recommends ``recommended``."""
+    est = make_estimate(DepthEstimate, C, f)
+    w = f.depth_gt.shape[1]
+    depth = f.depth_gt.astype(np.float32).copy()
+    depth[:, w // 2:] *= 0.6
+    conf = np.full(depth.shape, 0.9, np.float32)
+    conf[:, w // 2:] = 0.2
+    est.depth = C.depth_to_image(depth, est.header)
+    est.confidence = C.array_to_image(conf, "32FC1", est.header)
+    est.confidence_threshold = recommended
+    return est
+
+
+def ghost_points(frames):
+    """World points of the ghost half of :func:`low_confidence_estimate`'s depth."""
+    out = []
+    for f in frames:
+        d = f.depth_gt.astype(np.float32) * np.float32(0.6)
+        d[:, : d.shape[1] // 2] = np.nan
+        out.append(transform_points(f.T_world_cam, backproject(d, f.K)).reshape(-1, 3))
+    pts = np.concatenate(out)
+    return pts[np.all(np.isfinite(pts), axis=1)]
+
+
+@pytest.mark.parametrize("override", [None, 0.0], ids=["default_from_message", "override_0"])
+def test_confidence_threshold_follows_depth_estimate_unless_overridden(frames, override):
+    """Default (-1): the estimator's recommendation carried by each DepthEstimate (0.5 here) drops the
+    low-confidence ghost half; confidence_threshold:=0 fuses it."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import PointCloud2
+    from mvs_depth_ros.ros import conversions as C
+    from mvs_depth_ros.ros.interfaces import depth_estimate_type
+    DepthEstimate = depth_estimate_type()
+    if DepthEstimate is None or not hasattr(DepthEstimate(), "confidence_threshold"):
+        pytest.skip("mvs_depth_ros/msg/DepthEstimate (with confidence_threshold) is not built")
+    params = {"voxel_size": VOXEL, "max_depth": 6.0, "publish_rate": 4.0, "use_color": False,
+              "diagnostics_period": 0.3}
+    if override is not None:
+        params["confidence_threshold"] = override
+    probe = Probe("map_probe_conf")
+    try:
+        maps = probe.subscribe(PointCloud2, "map", map_qos())
+        probe.subscribe(DiagnosticArray, "/diagnostics")
+        pub = probe.publisher(DepthEstimate, "depth_estimate")
+        with NodeProcess("mvs_depth_ros.ros.map_node", params) as node:
+            assert probe.wait_matched(pub, timeout=30), node.output()
+            for f in frames:
+                pub.publish(low_confidence_estimate(DepthEstimate, C, f))
+                time.sleep(0.1)
+            ok = probe.wait_for(lambda: diag_values(probe).get("integrated") == str(len(frames)), 60, node)
+            assert ok, (diag_values(probe), node.output())
+            pts, _ = cloud_points(final_map(maps, node))
+            v = diag_values(probe)
+        # map points on a ghost surface and off the true ones
+        on_ghost = np.mean((nearest_distances(pts, gt_points(frames)) > 3 * VOXEL)
+                           & (nearest_distances(pts, ghost_points(frames)) < VOXEL))
+        ghost_px = sum(int(np.isfinite(f.depth_gt[:, f.width // 2:]).sum()) for f in frames)
+        print(f"confidence_threshold={override}: {len(pts)} map points, {100 * on_ghost:.2f} % on the ghost surfaces; "
+              f"to GT median {np.median(nearest_distances(pts, gt_points(frames))):.4f} "
+              f"p90 {np.percentile(nearest_distances(pts, gt_points(frames)), 90):.4f}")
+        if override is None:
+            assert v["confidence_threshold_used"] == "0.500", v
+            assert int(v["low_confidence_px"]) == ghost_px, (v, ghost_px)     # every ghost pixel, nothing else
+            assert on_ghost < 0.002, on_ghost
+            d = nearest_distances(pts, gt_points(frames))    # the half-frame edges leave a few more stray voxels
+            assert len(pts) > 1000 and np.median(d) < VOXEL / 2 and np.percentile(d, 90) < VOXEL, \
+                (len(pts), np.median(d), np.percentile(d, 90))
+        else:
+            assert v["confidence_threshold_used"] == "0.000", v
+            assert v["low_confidence_px"] == "0", v
+            assert on_ghost > 0.1, on_ghost                                    # the ghost surfaces are in the map
+    finally:
+        probe.close()
+
+
 def make_estimate(DepthEstimate, C, f):
     hdr = C.make_header(f.stamp, "camera")
     est = DepthEstimate()
@@ -207,3 +297,78 @@ def test_map_yaml_matches_declared_parameters_and_validation():
     for bad in ({"min_depth": 6.0}, {"trunc": 0.001}, {"command": "explode"}, {"world_frame": ""}):
         with pytest.raises(ParameterError):
             MapConfig.from_values(dict(values, **bad))
+    # confidence_threshold: -1 (the default) = from each DepthEstimate, [0, 1] explicit, nothing else
+    spec = MAP_SPECS["confidence_threshold"]
+    assert spec.default == -1.0 and not spec.read_only and "DepthEstimate" in spec.description
+    rng = spec.descriptor("confidence_threshold").floating_point_range[0]
+    assert (rng.from_value, rng.to_value) == (-1.0, 1.0)
+    for ok in (-1.0, 0.0, 0.7, 1.0):
+        assert spec.check("confidence_threshold", ok) == ok
+    for bad in (-1.5, 1.01):
+        with pytest.raises(ParameterError):
+            spec.check("confidence_threshold", bad)
+
+
+def test_map_from_played_synthetic_bag(tmp_path):
+    """Three processes: player_node plays a synthetic bag written by `mvs-depth bag convert --synthetic`
+    (/clock, /tf world -> camera_link, transient-local /tf_static camera_link -> optical, camera_info,
+    image_raw, depth_gt); map_node (use_sim_time, input=depth remapped to the bag's ground-truth depth)
+    fuses it; this process joins late and gets the transient-local map, which must lie on the rendered
+    scene's surfaces within the voxel size and cover them, in the bag's world frame, stamped in bag time."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import PointCloud2
+    from mvs_depth_ros.data import bags
+    from mvs_depth_ros.ros.interfaces import tf_message_type
+    if tf_message_type() is None:
+        pytest.skip("tf2_msgs/TFMessage is not available: the bag's /tf cannot be played")
+    n, w, h = 16, 128, 96
+    bag = tmp_path / "synthetic_bag"
+    assert bags.cli_main(["convert", "--synthetic", "--frames", str(n), "--width", str(w), "--height", str(h),
+                          "--world-frame", "world", "--rate", "10", "--out", str(bag)]) == 0
+    info = bags.bag_info(bag)
+    assert info["topics"]["/camera/depth_gt"]["count"] == n
+    frames = render_sequence(n_frames=n, width=w, height=h, seed=0).frames   # the scene the converter rendered
+    map_params = {"input": "depth", "use_sim_time": True, "world_frame": "world", "voxel_size": VOXEL,
+                  "max_depth": 6.0, "publish_rate": 4.0, "tf_timeout": 1.0, "diagnostics_period": 0.3}
+    remaps = {"depth": "/camera/depth_gt", "depth/camera_info": "/camera/camera_info", "image": "/camera/image_raw"}
+    player_params = {"bag": str(bag), "rate": 1.0, "delay": 1.0, "wait_timeout": 30.0,
+                     "wait_for_topics": "['/camera/depth_gt', '/camera/camera_info', '/tf']"}
+    probe = Probe("map_probe_bag")
+    try:
+        probe.subscribe(DiagnosticArray, "/diagnostics")
+        with NodeProcess("mvs_depth_ros.ros.map_node", map_params, remaps=remaps) as node:
+            assert probe.wait_for(lambda: "TSDF map in 'world'" in node.output(), 30, node), node.output()
+            with NodeProcess("mvs_depth_ros.ros.player_node", player_params) as player:
+                assert probe.wait_for(lambda: not player.alive(), 40), player.output()
+                assert player.proc.returncode == 0 and "playback finished" in player.output(), player.output()
+
+            def settled():
+                v = diag_values(probe)
+                done = int(v.get("integrated", 0)) + int(v.get("no_camera_info", 0)) + int(v.get("tf_failures", 0))
+                return done == n and v.get("queue") == "0"
+            assert probe.wait_for(settled, 30, node), (diag_values(probe), node.output())
+            v = diag_values(probe)
+            # the first depth map may beat the first camera_info across topics; every other one is fused
+            assert int(v["integrated"]) >= n - 1 and v["errors"] == "0" and v["rejected"] == "0", v
+            assert int(v["color_matched"]) >= n - 2, v                    # image_raw matched by stamp
+            time.sleep(1.0)                                            # > 2 publish periods: the final map is out
+            maps = probe.subscribe(PointCloud2, "map", map_qos())      # a late joiner: transient local
+            assert probe.wait_for(lambda: maps, 20, node), node.output()
+            msg = maps[-1][1]
+            assert int(diag_values(probe)["integrated"]) == int(v["integrated"])
+        assert msg.header.frame_id == "world"
+        stamp = bags.stamp_to_ns(msg.header.stamp)
+        assert info["start_ns"] <= stamp <= info["end_ns"] + 10**9, (stamp, info["start_ns"], info["end_ns"])
+        pts, rgb = cloud_points(msg)
+        gt = gt_points(frames)
+        acc = nearest_distances(pts, gt)           # map -> scene surfaces
+        comp = nearest_distances(gt, pts)          # scene surfaces -> map
+        print(f"bag map: {len(pts)} points, {v['integrated']}/{n} depth maps fused ({v['color_matched']} coloured); "
+              f"map->scene median {np.median(acc):.4f} p90 {np.percentile(acc, 90):.4f} m; scene->map p90 "
+              f"{np.percentile(comp, 90):.4f} m, {100 * np.mean(comp <= VOXEL):.1f} % within a voxel")
+        assert len(pts) > 2000
+        assert np.median(acc) <= VOXEL / 2 and np.percentile(acc, 90) <= VOXEL, (np.median(acc), np.percentile(acc, 90))
+        assert np.percentile(comp, 90) <= VOXEL and np.mean(comp <= VOXEL) > 0.9, np.percentile(comp, 90)
+        assert rgb is not None and (rgb.astype(int).std(0) > 10).all()
+    finally:
+        probe.close()

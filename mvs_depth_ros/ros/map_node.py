@@ -7,7 +7,14 @@ Subscribes (reliable by default, matching ``mvs_node``'s outputs; ``qos_reliabil
 * otherwise ``depth`` (32FC1 / 16UC1) + ``depth/camera_info`` (latest kept) + the pose from TF
   (``world_frame`` <- the depth's frame at its stamp; ``/tf`` + transient-local ``/tf_static``);
 * ``image`` (rgb8 / bgr8 / mono8, best effort) for colour when ``use_color``: matched to a depth map by
-  its exact stamp (``mvs_node`` stamps depth with the input image's stamp); grey without a match.
+  its exact stamp (``mvs_node`` stamps depth with the input image's stamp; an image not received yet is
+  waited for up to 0.1 s while images are arriving); grey without a match.
+
+Confidence: ``confidence_threshold`` < 0 (the default, -1) fuses only the pixels whose confidence reaches the
+threshold the estimator recommends, which every DepthEstimate carries (``confidence_threshold`` field; 0.5,
+the project default, for messages built before the field existed); 0 fuses everything; a value in (0, 1]
+overrides the recommendation. The depth + camera_info + TF input has no confidence: nothing is filtered
+there, the depth topic is whatever ``mvs_node``'s own ``confidence_threshold`` left valid (NaN elsewhere).
 
 Publishes:
 
@@ -16,6 +23,10 @@ Publishes:
 * ``map_mesh`` (visualization_msgs/Marker TRIANGLE_LIST) when ``publish_mesh`` (at ``mesh_rate`` Hz, at
   most ``mesh_max_triangles`` triangles: Marker messages are built point by point, so keep it modest);
 * ``/diagnostics``.
+
+Output timers (map, mesh, diagnostics) tick on the steady clock, also with ``use_sim_time`` (a finished or
+paused bag stops ``/clock``, and the last fused depth maps must still reach the map); the messages are
+stamped with the node's clock (the bag time under ``use_sim_time``).
 
 Services (``std_srvs/Trigger``; pip: ``ros-std-srvs``): ``~/save_map`` writes ``save_path`` (cloud) and
 ``<stem>_mesh.ply``; ``~/reset_map`` empties the map. Without ``std_srvs`` the live parameter
@@ -32,6 +43,7 @@ from __future__ import annotations
 import collections
 import sys
 import threading
+import time
 import traceback
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -40,11 +52,13 @@ from typing import Any, Deque, Dict, List, Optional, Sequence
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rcl_interfaces.msg import SetParametersResult
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
+from ..models.base import DEFAULT_CONFIDENCE_THRESHOLD
 from ..recon.consistency import consistent_view_count
 from ..recon.tsdf import TSDFConfig, TSDFVolume
 from . import conversions as C
@@ -55,14 +69,21 @@ from .params import ParameterError, Spec, declare_all, live_changes, with_change
 from .qos import diagnostics_qos, make_qos
 from .tf_buffer import TransformError, make_tf_lookup
 
+#: longest wait of the fusion worker for the colour image of a depth map (see MapNode._wait_for_color)
+COLOR_WAIT_S = 0.1
+
 MAP_SPECS: Dict[str, Spec] = {
     # input
     "input": Spec("auto", "depth input: auto (depth_estimate when the interface is built, else depth + "
                           "camera_info + TF)", choices=("auto", "depth_estimate", "depth")),
     "world_frame": Spec("odom", "frame of the map (the poses' world frame, REP 105)"),
     "use_color": Spec(True, "colour the map from the image topic (matched by stamp)"),
-    "confidence_threshold": Spec(0.0, "depth below this confidence is not fused (0 = all)", 0.0, 1.0,
-                                 read_only=False),
+    "confidence_threshold": Spec(-1.0, "fuse only depth with confidence >= this. < 0 (default -1): the threshold "
+                                       "the estimator recommends, carried by each DepthEstimate (its "
+                                       "confidence_threshold field); 0: fuse all; (0, 1]: this value. "
+                                       "input=depth carries no confidence: nothing is filtered here (mvs_node's "
+                                       "own confidence_threshold decides what its depth topic holds)",
+                                 -1.0, 1.0, read_only=False),
     "consistency_views": Spec(0, "check each depth map against this many previous ones (0 = off)", 0, 16),
     "consistency_min_views": Spec(1, "previous views that must agree to keep a pixel", 1, 16),
     "consistency_reproj_px": Spec(1.0, "consistency: round-trip reprojection limit, pixels", 0.01, 100.0),
@@ -163,6 +184,7 @@ class MapCounters:
     no_camera_info: int = 0
     tf_failures: int = 0
     skipped: int = 0              # nothing to fuse (no valid depth in range, ...)
+    low_confidence_px: int = 0    # valid depth pixels not fused because their confidence was below the threshold
     color_matched: int = 0
     budget_dropped_blocks: int = 0
     maps_published: int = 0
@@ -180,6 +202,7 @@ class _Item:
     confidence: Optional[np.ndarray]
     K: np.ndarray
     T: Optional[np.ndarray]       # None: look it up in TF in the worker
+    recommended: Optional[float] = None   # DepthEstimate.confidence_threshold (None: no confidence input)
 
 
 def cloud_to_pointcloud2(points: np.ndarray, colors: Optional[np.ndarray], header) -> PointCloud2:
@@ -242,6 +265,7 @@ class MapNode(Node):
         self._cv = threading.Condition()
         self._stop = threading.Event()
         self._images: "collections.OrderedDict[int, np.ndarray]" = collections.OrderedDict()
+        self._newest_image = -1                        # stamp of the newest colour image (-1: none yet)
         self._history: Deque[tuple] = collections.deque(maxlen=max(cfg.consistency_views, 1))
         self._camera_info: Optional[tuple] = None
         self._version = 0                              # bumps when the map changes
@@ -250,6 +274,7 @@ class MapNode(Node):
         self._rate = RateWindow()
         self._last_error = ""
         self._budget_logged = False
+        self._threshold_used: Optional[float] = None   # confidence threshold applied to the last depth map
 
         in_qos = make_qos(cfg.qos_reliability, cfg.qos_depth)
         self._io = MutuallyExclusiveCallbackGroup()
@@ -276,14 +301,19 @@ class MapNode(Node):
         map_qos = make_qos("reliable", 1, "transient_local")
         self.pub_map = self.create_publisher(PointCloud2, "map", map_qos)
         self.pub_mesh = None
+        # output timers run on the steady clock: with use_sim_time a finished (or paused) bag stops /clock, and
+        # the map fused from its last depth maps must still be published; the messages keep the node's stamps
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
         if cfg.publish_mesh:
             from visualization_msgs.msg import Marker
             self.pub_mesh = self.create_publisher(Marker, "map_mesh", map_qos)
-            self.create_timer(1.0 / cfg.mesh_rate, self._publish_mesh_timer, callback_group=self._pub_group)
+            self.create_timer(1.0 / cfg.mesh_rate, self._publish_mesh_timer, callback_group=self._pub_group,
+                              clock=steady)
         if cfg.publish_rate > 0:
-            self.create_timer(1.0 / cfg.publish_rate, self._publish_map_timer, callback_group=self._pub_group)
+            self.create_timer(1.0 / cfg.publish_rate, self._publish_map_timer, callback_group=self._pub_group,
+                              clock=steady)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", diagnostics_qos())
-        self.create_timer(cfg.diagnostics_period, self.publish_diagnostics, callback_group=self._io)
+        self.create_timer(cfg.diagnostics_period, self.publish_diagnostics, callback_group=self._io, clock=steady)
         self.service_mode = "std_srvs"
         try:
             from std_srvs.srv import Trigger
@@ -300,7 +330,26 @@ class MapNode(Node):
         log.info(f"TSDF map in {cfg.world_frame!r}: voxel {t.voxel_size:g} m, trunc {t.trunc:g} m, depth "
                  f"{t.min_depth:g}-{t.max_depth:g} m, budget {t.max_blocks} blocks "
                  f"({t.max_blocks * t.block_bytes / 1e6:.0f} MB), open3d {self.volume.device}; input "
-                 f"{self.input_mode}{' (tf ' + self.tf_backend + ')' if self.tf else ''}; services: {self.service_mode}")
+                 f"{self.input_mode}{' (tf ' + self.tf_backend + ')' if self.tf else ''}; services: {self.service_mode}; "
+                 f"confidence threshold: {self.threshold_mode()}")
+
+    def threshold_mode(self) -> str:
+        """The confidence filter in words (startup log, diagnostics)."""
+        thr = self.config.confidence_threshold
+        if self.input_mode == "depth":
+            return "none (input=depth carries no confidence)"
+        if thr < 0:
+            return "from each DepthEstimate (the estimator's recommendation)"
+        return "off (fuse all)" if thr == 0 else f"{thr:g}"
+
+    def threshold_for(self, item: _Item) -> float:
+        """Confidence threshold for one depth map: the parameter when >= 0, else the message's recommendation
+        (:data:`DEFAULT_CONFIDENCE_THRESHOLD` for DepthEstimates built before the field existed); 0 = no filter."""
+        if item.confidence is None:
+            return 0.0
+        if self.config.confidence_threshold >= 0:
+            return self.config.confidence_threshold
+        return DEFAULT_CONFIDENCE_THRESHOLD if item.recommended is None else item.recommended
 
     # ------------------------------------------------------------------------------------ callbacks
     def _reject(self, key: str, text: str) -> None:
@@ -333,11 +382,18 @@ class MapNode(Node):
         except (C.ConversionError, ValueError) as exc:
             self._reject("estimate", f"depth_estimate rejected: {exc}")
             return
+        recommended = None
+        if hasattr(msg, "confidence_threshold"):       # interfaces built before the field existed lack it
+            recommended = float(msg.confidence_threshold)
+            if not 0.0 <= recommended <= 1.0:           # NaN included
+                self._warn("recommended", f"depth_estimate confidence_threshold={recommended} is not in [0, 1]: "
+                                          f"the estimator's recommendation is ignored (fused without it)")
+                recommended = 0.0
         frame = msg.pose.header.frame_id.lstrip("/")
         if frame and frame != self.config.world_frame:
             self._warn("frame", f"depth_estimate pose is in {frame!r}, the map in {self.config.world_frame!r}: "
                                 f"fused as if they were the same frame")
-        self._enqueue(_Item(C.stamp_to_ns(msg.header.stamp), msg.header.frame_id, depth, conf, K, T))
+        self._enqueue(_Item(C.stamp_to_ns(msg.header.stamp), msg.header.frame_id, depth, conf, K, T, recommended))
 
     def _on_depth(self, msg: Image) -> None:
         info = self._camera_info
@@ -374,9 +430,12 @@ class MapNode(Node):
             self._warn("image", f"colour image ignored: {exc}")
             return
         with self._cv:
-            self._images[C.stamp_to_ns(msg.header.stamp)] = rgb
+            stamp = C.stamp_to_ns(msg.header.stamp)
+            self._images[stamp] = rgb
+            self._newest_image = max(self._newest_image, stamp)
             while len(self._images) > 30:
                 self._images.popitem(last=False)
+            self._cv.notify_all()
 
     # ------------------------------------------------------------------------------------ commands
     def _on_set_parameters(self, params: List[Parameter]) -> SetParametersResult:
@@ -439,7 +498,7 @@ class MapNode(Node):
                 if self._stop.is_set():
                     return
                 item = self._queue.popleft()
-                rgb = self._images.get(item.stamp) if self.config.use_color else None
+                rgb = self._wait_for_color(item.stamp) if self.config.use_color else None
             try:
                 self._integrate(item, rgb)
             except Exception as exc:  # noqa: BLE001 - the node must survive anything one frame does
@@ -447,6 +506,16 @@ class MapNode(Node):
                 self._last_error = f"{type(exc).__name__}: {exc}"
                 self._warn("worker", f"fusing the depth at {item.stamp / 1e9:.6f}s failed: {self._last_error}\n"
                                      f"{traceback.format_exc()}")
+
+    def _wait_for_color(self, stamp: int) -> Optional[np.ndarray]:
+        """The colour image stamped ``stamp`` (call with ``_cv`` held). Depth and image that travel together
+        (a bag's ground-truth depth, a depth camera) race on separate topics: while images are arriving
+        and none this new has yet, wait up to :data:`COLOR_WAIT_S` for it; otherwise fuse grey."""
+        deadline = time.monotonic() + COLOR_WAIT_S
+        while (stamp not in self._images and 0 <= self._newest_image < stamp and not self._stop.is_set()
+               and time.monotonic() < deadline):
+            self._cv.wait(max(deadline - time.monotonic(), 0.0))
+        return self._images.get(stamp)
 
     def _integrate(self, item: _Item, rgb: Optional[np.ndarray]) -> None:
         cfg = self.config
@@ -460,8 +529,12 @@ class MapNode(Node):
                                         f"{item.stamp / 1e9:.6f}s: {exc} -> depth not fused")
                 return
         depth = item.depth
-        if cfg.confidence_threshold > 0 and item.confidence is not None:
-            depth = np.where(item.confidence >= cfg.confidence_threshold, depth, np.float32(np.nan))
+        thr = self.threshold_for(item)
+        self._threshold_used = thr if item.confidence is not None else None
+        if thr > 0:
+            low = ~(item.confidence >= thr) & np.isfinite(depth)     # NaN confidence counts as low
+            self.counters.low_confidence_px += int(np.count_nonzero(low))
+            depth = np.where(low, np.float32(np.nan), depth)
         if cfg.consistency_views > 0:
             hist = list(self._history)
             self._history.append((item.depth, item.K, T))
@@ -541,7 +614,9 @@ class MapNode(Node):
             problems.append(f"{c.dropped} depth maps dropped (fusion slower than the input)")
         level = DiagnosticStatus.ERROR if c.errors else (DiagnosticStatus.WARN if problems else DiagnosticStatus.OK)
         message = "; ".join(problems) if problems else ("ok" if c.integrated else "waiting for depth")
-        values = [("input", self.input_mode), ("fusion_rate_hz", self._rate.rate()), ("blocks", self.volume.n_blocks),
+        values = [("input", self.input_mode), ("confidence_threshold_mode", self.threshold_mode()),
+                  ("confidence_threshold_used", "none" if self._threshold_used is None else self._threshold_used),
+                  ("fusion_rate_hz", self._rate.rate()), ("blocks", self.volume.n_blocks),
                   ("memory_mb", self.volume.memory_bytes / 1e6), ("budget_blocks", self.config.max_blocks),
                   ("device", str(self.volume.device)), ("queue", len(self._queue))] + list(asdict(c).items())
         return make_status(f"{self.get_name()}: TSDF map", self.get_fully_qualified_name(), level, message, values)
