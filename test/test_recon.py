@@ -81,6 +81,16 @@ def test_select_neighbors_prefers_close_poses(seq):
     assert nb[0] == [1, 2] and 3 not in nb[3] and len(nb[3]) == 2
 
 
+def test_select_neighbors_causal_takes_only_earlier_poses(seq):
+    poses = [f.T_world_cam for f in seq]
+    nb = select_neighbors(poses, 2, causal=True)
+    assert nb[0] == [] and nb[1] == [0] and all(len(nb[i]) == 2 for i in range(2, len(poses)))
+    for i in range(len(poses)):
+        assert all(j < i for j in nb[i])
+        # the same choice as the non-causal selection restricted to the earlier poses
+        assert nb[i] == select_neighbors(poses[:i + 1], 2)[i]
+
+
 # ------------------------------------------------------------------------------------- TSDF
 def test_tsdf_with_exact_depth_matches_the_scene_within_a_voxel(seq):
     voxel = 0.03

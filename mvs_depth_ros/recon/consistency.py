@@ -129,17 +129,19 @@ def consistent_view_count(ref_depth: np.ndarray, ref_K: np.ndarray, ref_T: np.nd
     return count.reshape(h, w).cpu().numpy()
 
 
-def select_neighbors(poses: Sequence[np.ndarray], n: int, candidates: Optional[Sequence[int]] = None
-                     ) -> List[List[int]]:
+def select_neighbors(poses: Sequence[np.ndarray], n: int, candidates: Optional[Sequence[int]] = None,
+                     causal: bool = False) -> List[List[int]]:
     """For each pose, the ``n`` other poses nearest by DeepVideoMVS' pose distance (ties: lower index).
 
     ``candidates`` restricts the neighbours to those indices (e.g. views that have a depth map).
+    ``causal=True`` takes them only among earlier indices (``j < i``), what an online system has when
+    pose ``i`` arrives; the first poses then get fewer than ``n`` (pose 0 none).
     """
     N = len(poses)
     cand = list(range(N)) if candidates is None else list(candidates)
     out = []
     for i in range(N):
-        dist = [(pose_distance(poses[i], poses[j])[0], j) for j in cand if j != i]
+        dist = [(pose_distance(poses[i], poses[j])[0], j) for j in cand if j != i and (not causal or j < i)]
         out.append([j for _, j in sorted(dist)[:n]])
     return out
 
