@@ -199,14 +199,16 @@ def describe_consistency(key: str, thr: float) -> str:
 
 
 def table(rows: List[dict]) -> str:
-    head = (f"{'row':<22} {'variant':<44} | {'abs_rel':>7} {'a1':>6} {'cov':>6} | {'filter':<38} | "
+    iw, vw, fw = (max(len(r[k]) for r in rows) for k in ("id", "variant", "filter"))
+    head = (f"{'row':<{iw}} {'variant':<{vw}} | {'abs_rel':>7} {'a1':>6} {'cov':>6} | {'filter':<{fw}} | "
             f"{'abs_rel':>7} {'a1':>6} {'cov':>6} | {'ms':>5}")
-    lines = [f"{'':<22} {'':<44} | {'dense':^21} | {'':<38} | {'filtered':^21} |", head, "-" * len(head)]
+    lines = [f"{'':<{iw}} {'':<{vw}} | {'dense':^21} | {'':<{fw}} | {'filtered':^21} |", head, "-" * len(head)]
     for r in rows:
         d, f = r["dense"], r["filtered"]
         ms = f"{r['ms']:>5.0f}" if r.get("ms") is not None else f"{'-':>5}"
-        lines.append(f"{r['id']:<22} {r['variant']:<44} | {d['abs_rel']:>7.4f} {d['a1']:>6.4f} {d['coverage']:>6.4f} | "
-                     f"{r['filter']:<38} | {f['abs_rel']:>7.4f} {f['a1']:>6.4f} {f['coverage']:>6.4f} | {ms}")
+        lines.append(f"{r['id']:<{iw}} {r['variant']:<{vw}} | {d['abs_rel']:>7.4f} {d['a1']:>6.4f} "
+                     f"{d['coverage']:>6.4f} | {r['filter']:<{fw}} | {f['abs_rel']:>7.4f} {f['a1']:>6.4f} "
+                     f"{f['coverage']:>6.4f} | {ms}")
     return "\n".join(lines)
 
 
