@@ -7,7 +7,7 @@ import torch
 
 from mvs_depth_ros.models.checkpoints import load_checkpoint
 from mvs_depth_ros.models.registry import create_model
-from mvs_depth_ros.train.adapters import create_adapter, dvmvs_cost_volume
+from mvs_depth_ros.train.adapters import create_adapter
 from mvs_depth_ros.train.checkpointing import save_official
 from mvs_depth_ros.train.data import (SampleOrder, collate, frames_from_synthetic, keyframe_samples,
                                       strip_ground_truth)
@@ -58,7 +58,8 @@ def test_collate_and_ground_truth_stripping(samples64):
 
 
 # ------------------------------------------------------------------------------------------ gradients
-@pytest.mark.parametrize("name,size", [("itermvs", 64), ("patchmatchnet", 32), ("dvmvs_pairnet", 64)])
+@pytest.mark.parametrize("name,size", [("itermvs", 64), ("patchmatchnet", 32), ("dvmvs_pairnet", 64),
+                                       ("dvmvs_fusionnet", 64)])
 def test_gradients_flow_to_network_parameters(name, size, samples64, samples32):
     torch.manual_seed(0)
     samples = samples64 if size == 64 else samples32
@@ -84,17 +85,8 @@ def test_gradients_flow_to_network_parameters(name, size, samples64, samples32):
     assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in rest)
 
 
-def test_dvmvs_cost_volume_matches_the_inference_one():
-    from mvs_depth_ros.models.dvmvs.warps import dot_product_cost_volume
-    g = torch.Generator().manual_seed(0)
-    ref = torch.randn(1, 8, 6, 10, generator=g)
-    srcs = [torch.randn(1, 8, 6, 10, generator=g) for _ in range(2)]
-    grids = [torch.rand(5, 6, 10, 2, generator=g) * 2.4 - 1.2 for _ in range(2)]
-    assert torch.allclose(dvmvs_cost_volume(ref, srcs, grids), dot_product_cost_volume(ref, srcs, grids), atol=1e-6)
-
-
 # ---------------------------------------------------------------------------------- checkpoint round trip
-@pytest.mark.parametrize("name", ["itermvs", "dvmvs_pairnet", "patchmatchnet"])
+@pytest.mark.parametrize("name", ["itermvs", "dvmvs_pairnet", "dvmvs_fusionnet", "patchmatchnet"])
 def test_checkpoint_round_trip_into_create_model(name, tmp_path, samples64):
     torch.manual_seed(1)
     ad = create_adapter(name, CPU)

@@ -7,6 +7,13 @@ folder, the synthetic renderer or a rosbag2::
     mvs-depth train --scene DIR --model dvmvs_pairnet --checkpoint WEIGHTS_DIR --freeze-features-steps 500 ...
     mvs-depth train --out runs/itermvs ... --resume          # continue where the run stopped
 
+fusionnet trains on subsequences of consecutive keyframes (``--sequence-length``), DeepVideoMVS' way: start
+from pairnet weights (``--checkpoint PAIRNET_DIR`` loads the shared modules), train only the ConvLSTM cell
+and the decoder first (``--lstm-decoder-steps``), then everything (``--freeze-features-steps`` in between)::
+
+    mvs-depth train --scene DIR --model dvmvs_fusionnet --checkpoint PAIRNET_DIR --sequence-length 8 \
+        --lstm-decoder-steps 500 --freeze-features-steps 1000 --steps 5000 --out runs/fusionnet
+
 finetune: self-supervised (ground truth never read for training) fine-tuning of published weights on the
 first frames of a bag or scene, reporting on held-out frames the photometric error before/after and,
 when ground truth exists, depth metrics before/after. Both evaluations go through ``create_model`` (the
@@ -60,6 +67,13 @@ def _common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
     ap.add_argument("--freeze-features-steps", type=int, default=0,
                     help="two-stage schedule: feature extractor frozen for the first N steps, then trained")
+    ap.add_argument("--lstm-decoder-steps", type=int, default=0,
+                    help="fusionnet: train only the ConvLSTM cell and the decoder for the first N steps")
+    ap.add_argument("--sequence-length", type=int, default=4,
+                    help="fusionnet: consecutive keyframes per training subsequence (DeepVideoMVS: 8)")
+    ap.add_argument("--sequence-stride", type=int, default=1, help="fusionnet: a subsequence every N keyframes")
+    ap.add_argument("--hidden-depth", choices=["predicted", "ground_truth"], default="predicted",
+                    help="fusionnet: depth the ConvLSTM hidden state is warped with (predicted: as at inference)")
     ap.add_argument("--grad-clip", type=float, default=1.0)
     ap.add_argument("--smoothness", type=float, default=1e-3, help="self-supervised: edge-aware smoothness weight")
     ap.add_argument("--feature-metric", type=float, default=0.0, help="self-supervised: feature-metric weight")
@@ -87,6 +101,8 @@ def _config(args, model: str, loss: str, checkpoint: Optional[str], out: str, bn
     return TrainConfig(model=model, init_checkpoint=checkpoint, out_dir=out, loss=loss, steps=args.steps,
                        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                        lr_schedule=args.lr_schedule, freeze_features_steps=args.freeze_features_steps,
+                       lstm_decoder_steps=args.lstm_decoder_steps, sequence_length=args.sequence_length,
+                       sequence_stride=args.sequence_stride, hidden_depth=args.hidden_depth,
                        grad_clip=args.grad_clip, min_depth=args.min_depth, max_depth=args.max_depth,
                        smoothness=args.smoothness, feature_metric=args.feature_metric, automask=not args.no_automask,
                        photometric_scales=args.photometric_scales, bn_train=bn_train, seed=args.seed,

@@ -3,35 +3,38 @@
 Each adapter owns the network module tree the estimator uses (same class, same parameter names) and
 builds the network input from :class:`~mvs_depth_ros.core.frame.Frame` objects with the *estimators'*
 preprocessing functions (``network_image``, ``projection_matrix``, ``world_to_camera``,
-``DVMVSNet.normalize``), so training sees exactly what inference sees. Nothing here runs under
-``inference_mode``.
+``DVMVSNet.normalize``, ``dvmvs.estimator.frame_image``), so training sees exactly what inference sees.
+Nothing here runs under ``inference_mode``.
 
 ``forward(batch)`` returns an :class:`AdapterOutput`: ``depths`` finest first (``depths[0]`` is the depth
 the estimator would return, before its clamping), and optionally features for the feature-metric loss.
+``forward_steps(batch)`` returns ``[(step batch, output)]``: one pair for the single-keyframe models, one
+per keyframe of the sequence for the recurrent fusionnet (whose batches are built by ``adapter.collate``
+from :class:`~mvs_depth_ros.train.data.SequenceSample` items).
 
-Model families: ``itermvs``, ``patchmatchnet`` (official ``{'model', 'optimizer', 'epoch'}`` checkpoints)
-and ``dvmvs_pairnet`` (official weight folder). The only network code re-implemented is DVMVS' cost
-volume: :func:`mvs_depth_ros.models.dvmvs.warps.dot_product_cost_volume` writes into a preallocated
-tensor with ``torch.sum(..., out=...)``, which autograd refuses; :func:`dvmvs_cost_volume` computes the
-same quantity out of place (checked against it in the tests).
+Model families: ``itermvs``, ``patchmatchnet`` (official ``{'model', 'optimizer', 'epoch'}`` checkpoints),
+``dvmvs_pairnet`` and ``dvmvs_fusionnet`` (official weight folders). DeepVideoMVS runs
+:meth:`mvs_depth_ros.models.dvmvs.model.DVMVSNet.step`, the inference code itself, batched and with
+autograd on (its cost volume then takes the differentiable path); no network code is re-implemented here.
 """
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import TrainingSample
+from .data import SequenceSample, TrainingSample, collate, collate_sequences
 
 log = logging.getLogger(__name__)
 
 #: registry names that can be trained
-TRAINABLE = ("itermvs", "patchmatchnet", "dvmvs_pairnet")
+TRAINABLE = ("itermvs", "patchmatchnet", "dvmvs_pairnet", "dvmvs_fusionnet")
 
 
 @dataclass
@@ -40,6 +43,7 @@ class AdapterOutput:
     confidence: Optional[torch.Tensor] = None      # (B, 1, H, W) when the model has one
     features: Optional[Tuple[torch.Tensor, torch.Tensor]] = None  # (ref (B, C, h, w), src (B, S, C, h, w))
     extras: Dict[str, torch.Tensor] = field(default_factory=dict)
+    state: Any = None                              # recurrent models: the state after this step
 
 
 class ModelAdapter:
@@ -47,6 +51,8 @@ class ModelAdapter:
     the two-stage schedule freezes first."""
 
     name: str = ""
+    #: trains on SequenceSample items (consecutive keyframes, state carried), not single keyframes
+    recurrent: bool = False
     #: image sides must be multiples of this
     multiple: int = 1
     #: checkpoint kind: "file" (one .ckpt) or "folder" (DVMVS module files)
@@ -66,14 +72,30 @@ class ModelAdapter:
     def feature_parameters(self) -> List[nn.Parameter]:
         return [p for m in self.feature_modules() for p in m.parameters()]
 
+    def recurrent_modules(self) -> List[nn.Module]:
+        """Modules trained alone first in DeepVideoMVS' schedule (fusionnet: ConvLSTM cell + decoder)."""
+        return []
+
+    def set_frozen(self, modules: Sequence[nn.Module]) -> None:
+        """Exactly ``modules`` frozen: no gradient, batch-norm statistics kept (eval mode); every other
+        parameter trainable."""
+        frozen = {id(p) for m in modules for p in m.parameters()}
+        for p in self.net.parameters():
+            p.requires_grad_(id(p) not in frozen)
+        for m in modules:
+            m.eval()
+
     def set_features_frozen(self, frozen: bool) -> None:
         """Stage 1 of the two-stage schedule: no gradient into the feature extractor and its batch-norm
         statistics kept (eval mode) while frozen."""
-        for m in self.feature_modules():
-            for p in m.parameters():
-                p.requires_grad_(not frozen)
-            if frozen:
-                m.eval()
+        self.set_frozen(self.feature_modules() if frozen else [])
+
+    def set_only_recurrent_trained(self) -> None:
+        """Stage 0 of DeepVideoMVS' gradual unfreezing: everything but :meth:`recurrent_modules` frozen."""
+        keep = self.recurrent_modules()
+        if not keep:
+            raise ValueError(f"{self.name} has no recurrent modules to train alone")
+        self.set_frozen([m for m in self.net.children() if all(m is not k for k in keep)])
 
     def train(self, bn_train: bool = True) -> None:
         """Training mode; ``bn_train=False`` keeps every batch-norm layer on its running statistics
@@ -93,6 +115,14 @@ class ModelAdapter:
 
     def forward(self, batch: Dict[str, object]) -> AdapterOutput:
         raise NotImplementedError
+
+    def collate(self, items: Sequence[Any], device: torch.device | str) -> Dict[str, object]:
+        """The batch ``forward_steps`` reads (``data.collate`` of keyframe samples)."""
+        return collate(items, device)
+
+    def forward_steps(self, batch: Dict[str, object]) -> List[Tuple[Dict[str, object], AdapterOutput]]:
+        """``[(batch the loss reads, output)]``: one pair here, one per keyframe for recurrent models."""
+        return [(batch, self.forward(batch))]
 
     def check_size(self, width: int, height: int) -> None:
         if width % self.multiple or height % self.multiple:
@@ -194,37 +224,21 @@ class PatchmatchNetAdapter(ModelAdapter):
         return AdapterOutput(depths=depths, confidence=out["confidence"])
 
 
-# ------------------------------------------------------------------------------------ DVMVS pairnet
-def dvmvs_cost_volume(reference: torch.Tensor, sources: Sequence[torch.Tensor],
-                      grids: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Differentiable DVMVS cost volume (same value as ``dot_product_cost_volume``).
-
-    ``reference`` (1, C, H, W); ``sources[i]`` (1, C, H, W); ``grids[i]`` (D, H, W, 2) -> (1, D, H, W):
-    mean over sources of the channel mean of ``reference * warped source`` (bilinear, zeros outside).
-    """
-    channels = reference.shape[1]
-    total = 0.0
-    for source, grid in zip(sources, grids):
-        d = grid.shape[0]
-        warped = F.grid_sample(source.expand(d, -1, -1, -1), grid, mode="bilinear", padding_mode="zeros",
-                               align_corners=True)                                  # (D, C, H, W)
-        total = total + (warped * reference).sum(1) / channels
-    return (total / len(sources)).unsqueeze(0)
-
-
+# ------------------------------------------------------------------------------------- DeepVideoMVS
 class DVMVSPairnetAdapter(ModelAdapter):
     """DeepVideoMVS pairnet: the five sigmoid heads mapped to depth, finest first (full .. 1/16).
-    The depth range is fixed by the network (0.25-20 m)."""
+    The depth range is fixed by the network (0.25-20 m). A batch is one :meth:`DVMVSNet.step` of B
+    keyframes; the features of the distinct frames of the batch are extracted in one call."""
 
     name = "dvmvs_pairnet"
     multiple = 32
     checkpoint_kind = "folder"
+    fusion = False
 
     def __init__(self, device: torch.device, min_depth: float = 0.25, max_depth: float = 20.0):
         from ..models.dvmvs.model import DVMVSNet
-        from ..models.dvmvs.networks import TRAIN_MAX_DEPTH, TRAIN_MIN_DEPTH
-        super().__init__(DVMVSNet(fusion=False), device, TRAIN_MIN_DEPTH, TRAIN_MAX_DEPTH)
-        self.fixed_range = (TRAIN_MIN_DEPTH, TRAIN_MAX_DEPTH)
+        super().__init__(DVMVSNet(fusion=self.fusion), device, *DVMVSNet.depth_range)
+        self.fixed_range = DVMVSNet.depth_range
 
     def feature_modules(self) -> List[nn.Module]:
         return [self.net.feature_extractor, self.net.feature_shrinker]
@@ -232,35 +246,119 @@ class DVMVSPairnetAdapter(ModelAdapter):
     def load_weights(self, checkpoint: str) -> None:
         self.net.load_official(checkpoint)
 
-    def forward(self, batch: Dict[str, object]) -> AdapterOutput:
+    def _features(self, frames: Sequence) -> Tuple[torch.Tensor, List[torch.Tensor], Dict[int, int]]:
+        """Normalised images (N, 3, H, W) and the 4 FPN feature maps of the N distinct frames (by ``uid``),
+        and each frame's row."""
+        from ..models.dvmvs.estimator import frame_image
         from ..models.dvmvs.model import DVMVSNet
-        from ..models.dvmvs.networks import N_DEPTH_LEVELS, TRAIN_MAX_DEPTH, TRAIN_MIN_DEPTH, CostVolumeDecoder
-        from ..models.dvmvs.warps import homogeneous_pixel_grid, inverse_depth_plane_depths, plane_sweep_grids
+        rows: Dict[int, int] = {}
+        distinct = []
+        for f in frames:
+            if f.uid not in rows:
+                rows[f.uid] = len(distinct)
+                distinct.append(f)
+        images = DVMVSNet.normalize(torch.from_numpy(np.stack([frame_image(f) for f in distinct])).to(self.device))
+        return images, self.net.features(images), rows
+
+    def _step(self, samples: Sequence[TrainingSample], images: torch.Tensor, feats: List[torch.Tensor],
+              rows: Dict[int, int], state=None, hidden_depth: Optional[torch.Tensor] = None):
+        """:meth:`DVMVSNet.step` for one keyframe per sample (float32 poses and K as the estimator feeds them)."""
+        def index(frames) -> torch.Tensor:
+            return torch.tensor([rows[f.uid] for f in frames], device=self.device)
+
+        def matrices(frames) -> torch.Tensor:
+            return torch.from_numpy(np.stack(frames)).float().to(self.device)
+
+        n_meas = {len(s.measurements) for s in samples}
+        if len(n_meas) != 1:
+            raise ValueError(f"samples in one batch must have the same number of views, got {sorted(n_meas)}")
+        ref = index([s.reference for s in samples])
+        src = [index([s.measurements[j] for s in samples]) for j in range(n_meas.pop())]
+        return self.net.step(images[ref], [f[ref] for f in feats], [feats[0][i] for i in src],
+                             matrices([s.reference.T_world_cam for s in samples]),
+                             [matrices([s.measurements[j].T_world_cam for s in samples]) for j in range(len(src))],
+                             matrices([s.reference.K for s in samples]), state=state, hidden_depth=hidden_depth)
+
+    @staticmethod
+    def _output(out, src_features: torch.Tensor) -> AdapterOutput:
+        return AdapterOutput(depths=out.depths, features=(out.features[0].detach(), src_features.detach()),
+                             state=out.state)
+
+    def _sources(self, samples: Sequence[TrainingSample], feats: List[torch.Tensor], rows: Dict[int, int]):
+        return torch.stack([feats[0][[rows[m.uid] for m in s.measurements]] for s in samples])   # (B, S, C, h, w)
+
+    def forward(self, batch: Dict[str, object]) -> AdapterOutput:
+        """One keyframe per sample (fusionnet: from the initial, zero state)."""
         samples = _samples(batch)
-        b, v = len(samples), len(samples[0].frames)
-        uint8 = torch.from_numpy(np.stack([f.image for s in samples for f in s.frames])).to(self.device)
-        images = DVMVSNet.normalize(uint8)                                 # (B*V, 3, H, W)
-        height, width = images.shape[-2:]
-        feats = self.net.features(images)                                  # 4 x (B*V, 32, ...)
-        feats = [f.view(b, v, *f.shape[1:]) for f in feats]
-        h2, w2 = height // 2, width // 2
-        uv1 = homogeneous_pixel_grid(h2, w2, self.device)
-        planes = inverse_depth_plane_depths(TRAIN_MIN_DEPTH, TRAIN_MAX_DEPTH, N_DEPTH_LEVELS, self.device)
-        volumes = []
-        for i, s in enumerate(samples):
-            K = torch.from_numpy(s.reference.K).float().to(self.device)
-            K_half = K.clone()
-            K_half[:2] /= 2.0
-            poses = [torch.from_numpy(f.T_world_cam).float().to(self.device) for f in s.frames]
-            grids = [plane_sweep_grids(poses[0], p, K_half, planes, uv1, h2, w2) for p in poses[1:]]
-            volumes.append(dvmvs_cost_volume(feats[0][i, :1], [feats[0][i, j:j + 1] for j in range(1, v)], grids))
-        cost_volume = torch.cat(volumes, 0)
-        ref_feats = [f[:, 0] for f in feats]
-        skip0, skip1, skip2, skip3, bottom = self.net.cost_volume_encoder(*ref_feats, cost_volume)
-        ref_images = images.view(b, v, *images.shape[1:])[:, 0]
-        sigmoids = self.net.cost_volume_decoder(ref_images, skip0, skip1, skip2, skip3, bottom)
-        depths = [CostVolumeDecoder.to_depth(s) for s in sigmoids]
-        return AdapterOutput(depths=depths, features=(feats[0][:, 0].detach(), feats[0][:, 1:].detach()))
+        images, feats, rows = self._features([f for s in samples for f in s.frames])
+        return self._output(self._step(samples, images, feats, rows), self._sources(samples, feats, rows))
+
+
+class DVMVSFusionnetAdapter(DVMVSPairnetAdapter):
+    """DeepVideoMVS fusionnet on subsequences of consecutive keyframes (:class:`SequenceSample`), as
+    DeepVideoMVS trains it: the first step starts from the zero state, every later step warps the ConvLSTM
+    hidden state into its view and the loss is summed over the steps (and scales). Back-propagation runs
+    through the whole subsequence (the warped hidden state and the cell carry the gradient).
+
+    ``hidden_depth``: the depth the hidden state is warped with. ``"predicted"`` (default): the previous
+    step's prediction splatted into the new view, exactly what inference does; ``"ground_truth"``: the
+    current ground truth at 1/32 (nearest), what the official training script does (supervised data only).
+
+    Checkpoints: ``load_weights`` takes a fusionnet folder, or a pairnet folder whose four modules are
+    shared (feature extractor, pyramid, encoder, decoder; the ConvLSTM keeps its initialisation):
+    DeepVideoMVS starts fusionnet from pairnet and first trains only the ConvLSTM cell and the decoder
+    (``TrainConfig.lstm_decoder_steps``), then everything.
+    """
+
+    name = "dvmvs_fusionnet"
+    fusion = True
+    recurrent = True
+    HIDDEN_DEPTH = ("predicted", "ground_truth")
+
+    def __init__(self, device: torch.device, min_depth: float = 0.25, max_depth: float = 20.0,
+                 hidden_depth: str = "predicted"):
+        if hidden_depth not in self.HIDDEN_DEPTH:
+            raise ValueError(f"hidden_depth must be one of {self.HIDDEN_DEPTH}, got {hidden_depth!r}")
+        super().__init__(device, min_depth, max_depth)
+        self.hidden_depth = hidden_depth
+
+    def recurrent_modules(self) -> List[nn.Module]:
+        return [self.net.lstm_fusion, self.net.cost_volume_decoder]
+
+    def load_weights(self, checkpoint: str) -> None:
+        from ..models.dvmvs.checkpoint import PAIRNET_FILES, find_module_file, load_weight_folder
+        folder = os.fspath(checkpoint)
+        if (os.path.isdir(folder) and find_module_file(folder, "3_decoder") is not None
+                and find_module_file(folder, "4_decoder") is None):
+            load_weight_folder(self.net, folder, PAIRNET_FILES)
+            log.info("%s: shared modules loaded from the pairnet weights in %s; the ConvLSTM starts from its "
+                     "initialisation", self.name, folder)
+            return
+        self.net.load_official(folder)
+
+    def collate(self, items: Sequence[Any], device: torch.device | str) -> Dict[str, object]:
+        if not all(isinstance(i, SequenceSample) for i in items):
+            raise TypeError(f"{self.name} trains on SequenceSample items (data.keyframe_sequences)")
+        return collate_sequences(items, device)
+
+    def forward_steps(self, batch: Dict[str, object]) -> List[Tuple[Dict[str, object], AdapterOutput]]:
+        if "steps" not in batch:
+            return super().forward_steps(batch)
+        sequences: List[SequenceSample] = batch["sequences"]  # type: ignore[assignment]
+        images, feats, rows = self._features([f for s in sequences for f in s.frames])
+        state, results = None, []
+        for step_batch in batch["steps"]:  # type: ignore[union-attr]
+            samples = _samples(step_batch)
+            hidden_depth = None
+            if self.hidden_depth == "ground_truth" and state is not None:
+                gt = step_batch.get("depth_gt")
+                if gt is None:
+                    raise ValueError("hidden_depth='ground_truth' needs ground-truth depth; use 'predicted'")
+                hidden_depth = F.interpolate(torch.nan_to_num(gt, nan=0.0), scale_factor=1.0 / 32.0, mode="nearest")
+            out = self._step(samples, images, feats, rows, state, hidden_depth)
+            state = out.state
+            results.append((step_batch, self._output(out, self._sources(samples, feats, rows))))
+        return results
 
 
 # ------------------------------------------------------------------------------------------- factory
@@ -273,4 +371,6 @@ def create_adapter(name: str, device: torch.device, min_depth: float = 0.25, max
         return PatchmatchNetAdapter(device, min_depth, max_depth, seed=seed)
     if name == "dvmvs_pairnet":
         return DVMVSPairnetAdapter(device, min_depth, max_depth)
+    if name == "dvmvs_fusionnet":
+        return DVMVSFusionnetAdapter(device, min_depth, max_depth, **options)
     raise ValueError(f"model {name!r} cannot be trained here; trainable models: {', '.join(TRAINABLE)}")

@@ -4,8 +4,9 @@
   (the published layout, ``nn.DataParallel`` prefix included), readable by
   ``load_checkpoint`` (``weights_only=True``) and ``create_model(name, checkpoint=path)``.
 * DeepVideoMVS: a folder with one plain state-dict file per module, named by load order
-  (``0_feature_extractor``, ``1_feature_pyramid``, ``2_encoder``, ``3_decoder``), readable by
-  ``create_model('dvmvs_pairnet', checkpoint=folder)``.
+  (pairnet ``0_feature_extractor``, ``1_feature_pyramid``, ``2_encoder``, ``3_decoder``; fusionnet
+  ``0_feature_extractor``, ``1_feature_pyramid``, ``2_encoder``, ``3_lstm_fusion``, ``4_decoder``),
+  readable by ``create_model('dvmvs_pairnet' | 'dvmvs_fusionnet', checkpoint=folder)``.
 * ``train_state.pt``: everything needed to continue a run bit for bit (network and optimizer state,
   AMP scaler, step, RNG states, the run's configuration), only tensors and plain containers so it also
   loads with ``weights_only=True``.

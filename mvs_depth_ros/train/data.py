@@ -6,10 +6,13 @@ when the source has it. :func:`keyframe_samples` resizes every frame to the work
 the same call) and runs the same :class:`~mvs_depth_ros.core.keyframes.KeyframeBuffer` the pipeline
 runs, so a network is trained on the reference/measurement configurations it will see in the node.
 :func:`index_samples` builds samples from an official keyframe index file instead (evaluation).
+:func:`keyframe_sequences` cuts the same keyframes into short runs of *consecutive* keyframes
+(:class:`SequenceSample`) for the recurrent fusionnet: the steps a recurrent estimator carries its state
+through in the node, each with the measurement frames the buffer chose.
 
 :class:`SampleOrder` gives a deterministic, resumable order: the batch of step ``k`` is a pure function of
 ``(seed, k)`` (one fresh permutation per epoch), so resuming only needs the step counter.
-:func:`collate` turns samples into the tensors the losses read.
+:func:`collate` turns samples into the tensors the losses read; :func:`collate_sequences` does it per step.
 """
 from __future__ import annotations
 
@@ -33,6 +36,9 @@ class TrainingSample:
 
     reference: Frame
     measurements: List[Frame]
+    #: keyframes of one segment follow each other at inference with the recurrent state carried; a new
+    #: segment starts where the pipeline would reset (tracking lost) or where a keyframe was left out
+    segment: int = 0
 
     @property
     def frames(self) -> List[Frame]:
@@ -97,17 +103,65 @@ def keyframe_samples(frames: Iterable[Frame], width: int, height: int, n_measure
 
     Frames are resized to ``width x height`` first (K rescaled). With ``require_full`` only keyframes that
     got exactly ``n_measurement`` measurement frames are kept (a batch needs a fixed view count).
+    ``TrainingSample.segment`` numbers the runs of consecutive keyframes (see :func:`keyframe_sequences`).
     """
     buffer = KeyframeBuffer(config)
     out: List[TrainingSample] = []
+    segment, broken = 0, False
     for f in frames:
         f = f.resized(width, height)
         status = buffer.offer(f)
+        if status == KeyframeStatus.TRACKING_LOST:
+            broken = True                                   # the pipeline resets its recurrent state here
         if status != KeyframeStatus.KEYFRAME:
             continue
         meas = buffer.measurement_frames(n_measurement)
         if meas and (len(meas) == n_measurement or not require_full):
-            out.append(TrainingSample(f, list(meas)))
+            if broken and out:
+                segment += 1
+            broken = False
+            out.append(TrainingSample(f, list(meas), segment))
+        else:
+            broken = True                                   # a keyframe the pipeline runs is missing
+    return out
+
+
+@dataclass
+class SequenceSample:
+    """Consecutive keyframes of one segment (fusionnet trains on these, its state carried step to step)."""
+
+    steps: List[TrainingSample]
+
+    @property
+    def reference(self) -> Frame:
+        return self.steps[0].reference
+
+    @property
+    def frames(self) -> List[Frame]:
+        """Every distinct frame the steps use (references and measurement frames), first use first."""
+        seen: Dict[int, Frame] = {}
+        for s in self.steps:
+            for f in s.frames:
+                seen.setdefault(f.uid, f)
+        return list(seen.values())
+
+    @property
+    def has_gt(self) -> bool:
+        return all(s.has_gt for s in self.steps)
+
+
+def keyframe_sequences(samples: Sequence[TrainingSample], length: int, stride: int = 1) -> List[SequenceSample]:
+    """Windows of ``length`` consecutive keyframe samples (from :func:`keyframe_samples`) of one segment,
+    starting every ``stride`` keyframes: what fusionnet sees between two resets at inference, cut into
+    DeepVideoMVS-style training subsequences. A segment shorter than ``length`` gives none."""
+    if length < 1 or stride < 1:
+        raise ValueError(f"need length >= 1 and stride >= 1, got {length}, {stride}")
+    segments: Dict[int, List[TrainingSample]] = {}
+    for s in samples:
+        segments.setdefault(s.segment, []).append(s)
+    out = []
+    for run in segments.values():
+        out.extend(SequenceSample(run[i:i + length]) for i in range(0, len(run) - length + 1, stride))
     return out
 
 
@@ -186,3 +240,12 @@ def collate(samples: Sequence[TrainingSample], device: torch.device | str = "cpu
         gt = np.where(gt > 0, gt, np.nan).astype(np.float32)
         batch["depth_gt"] = torch.from_numpy(gt).to(device)
     return batch
+
+
+def collate_sequences(sequences: Sequence[SequenceSample], device: torch.device | str = "cpu") -> Dict[str, object]:
+    """``{'steps': [collate(step t of every sequence) for t], 'sequences': sequences}`` (equal lengths)."""
+    lengths = {len(s.steps) for s in sequences}
+    if len(lengths) != 1:
+        raise ValueError(f"sequences in one batch must have the same length, got {sorted(lengths)}")
+    steps = [collate([s.steps[t] for s in sequences], device) for t in range(lengths.pop())]
+    return {"steps": steps, "sequences": list(sequences)}

@@ -3,6 +3,10 @@
 * AdamW over all parameters; optional two-stage schedule: the feature extractor frozen (no gradient,
   batch-norm statistics kept) for the first ``freeze_features_steps`` steps, then trained with the rest;
   constant or cosine learning rate (a pure function of the step, so resuming needs no scheduler state).
+* fusionnet (recurrent): trained on subsequences of ``sequence_length`` consecutive keyframes
+  (``data.keyframe_sequences``), loss summed over the steps; DeepVideoMVS' gradual unfreezing is
+  ``lstm_decoder_steps`` (only the ConvLSTM cell and the decoder trained), then ``freeze_features_steps``
+  (everything but the feature extractor), then everything. The ``frozen`` log column is 2, 1, 0 for these.
 * Losses: ``supervised`` (multi-scale L1 against ground truth), ``self-supervised`` (photometric +
   smoothness, optional feature-metric term) or ``both``.
 * Deterministic for a given ``seed`` (sample order, PatchmatchNet's random initialisation, torch's RNG)
@@ -29,7 +33,7 @@ from ..models.base import resolve_device
 from .adapters import ModelAdapter, create_adapter
 from .checkpointing import (STATE_FILE, load_train_state, official_name, restore_train_state, save_official,
                             save_train_state)
-from .data import SampleOrder, TrainingSample, collate
+from .data import SampleOrder, SequenceSample, TrainingSample, collate, keyframe_sequences
 from .losses import SelfSupervisedLoss, SupervisedLoss, photometric_loss
 
 log = logging.getLogger(__name__)
@@ -51,6 +55,10 @@ class TrainConfig:
     weight_decay: float = 1e-4
     lr_schedule: str = "constant"              # constant | cosine
     freeze_features_steps: int = 0             # stage 1 length (0: no frozen stage)
+    lstm_decoder_steps: int = 0                # fusionnet: only ConvLSTM + decoder trained for the first N steps
+    sequence_length: int = 4                   # fusionnet: keyframes per training subsequence (official: 8)
+    sequence_stride: int = 1                   # fusionnet: a subsequence starts every N keyframes
+    hidden_depth: str = "predicted"            # fusionnet: hidden-state warp depth, predicted | ground_truth
     grad_clip: float = 1.0                     # max global gradient norm (0: off)
     min_depth: float = 0.25
     max_depth: float = 20.0
@@ -74,6 +82,8 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
+        if self.sequence_length < 1 or self.sequence_stride < 1:
+            raise ValueError("sequence_length and sequence_stride must be >= 1")
         if not 0 < self.min_depth < self.max_depth:
             raise ValueError(f"need 0 < min_depth < max_depth, got {self.min_depth}, {self.max_depth}")
 
@@ -84,15 +94,28 @@ class TrainConfig:
 
 
 class Trainer:
-    """One training run over a fixed list of samples."""
+    """One training run over a fixed list of samples. A recurrent model (fusionnet) trains on
+    :class:`SequenceSample` items; keyframe samples given to it are cut with ``keyframe_sequences``."""
 
-    def __init__(self, config: TrainConfig, samples: Sequence[TrainingSample]):
+    def __init__(self, config: TrainConfig, samples: Sequence[TrainingSample | SequenceSample]):
         self.config = c = config
         torch.manual_seed(c.seed)
         self.device = resolve_device(c.device)
-        self.adapter: ModelAdapter = create_adapter(c.model, self.device, c.min_depth, c.max_depth, seed=c.seed)
+        options = {"hidden_depth": c.hidden_depth} if c.model == "dvmvs_fusionnet" else {}
+        self.adapter: ModelAdapter = create_adapter(c.model, self.device, c.min_depth, c.max_depth, seed=c.seed,
+                                                    **options)
         if c.init_checkpoint:
             self.adapter.load_weights(c.init_checkpoint)
+        if c.lstm_decoder_steps and not self.adapter.recurrent_modules():
+            raise ValueError(f"lstm_decoder_steps: {c.model} has no ConvLSTM (fusionnet only)")
+        if self.adapter.recurrent and samples and not isinstance(samples[0], SequenceSample):
+            n = len(samples)
+            samples = keyframe_sequences(samples, c.sequence_length, c.sequence_stride)
+            if not samples:
+                raise ValueError(f"{c.model}: no run of {c.sequence_length} consecutive keyframes in {n} keyframe "
+                                 f"samples (lower sequence_length or give more frames)")
+        if not self.adapter.recurrent and any(isinstance(s, SequenceSample) for s in samples):
+            raise TypeError(f"{c.model} trains on single keyframes, not sequences")
         ref = samples[0].reference if samples else None
         if ref is not None:
             self.adapter.check_size(ref.width, ref.height)
@@ -150,9 +173,16 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- step
     def compute_loss(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-        c = self.config
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
-            out = self.adapter.forward(batch)
+            steps = self.adapter.forward_steps(batch)
+        terms: Dict[str, torch.Tensor] = {}
+        for step_batch, out in steps:                       # recurrent models: every term summed over the steps
+            for k, v in self._terms(step_batch, out).items():
+                terms[k] = terms[k] + v if k in terms else v
+        return terms
+
+    def _terms(self, batch: Dict[str, Any], out) -> Dict[str, torch.Tensor]:
+        c = self.config
         depths = [d.float() for d in out.depths]
         terms: Dict[str, torch.Tensor] = {}
         total = 0.0
@@ -173,13 +203,16 @@ class Trainer:
     def train_step(self, step: int) -> Dict[str, float]:
         c = self.config
         t0 = time.perf_counter()
-        frozen = step < c.freeze_features_steps
+        frozen = 2 if step < c.lstm_decoder_steps else int(step < c.freeze_features_steps)
         self.adapter.train(c.bn_train)
-        self.adapter.set_features_frozen(frozen)
+        if frozen == 2:
+            self.adapter.set_only_recurrent_trained()
+        else:
+            self.adapter.set_features_frozen(bool(frozen))
         lr = self.lr_at(step)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        batch = collate([self.samples[i] for i in self.order.batch(step)], self.device)
+        batch = self.adapter.collate([self.samples[i] for i in self.order.batch(step)], self.device)
         self.optimizer.zero_grad(set_to_none=True)
         terms = self.compute_loss(batch)
         loss = terms["loss"]
@@ -195,7 +228,7 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         row: Dict[str, float] = {"step": step + 1, "epoch": self.order.epoch_of(step), "lr": lr,
-                                 "frozen": int(frozen), "seconds": time.perf_counter() - t0}
+                                 "frozen": frozen, "seconds": time.perf_counter() - t0}
         row.update({k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()})
         return row
 
@@ -270,6 +303,10 @@ def evaluate_estimator(estimator, samples: Sequence[TrainingSample], clip: Optio
     * ``reprojection``: mean over frames of the min-over-sources reprojection error over the pixels some
       measurement frame sees (no auto-masking);
     * depth metrics (``eval.metrics.aggregate``) when the references carry ground truth.
+
+    A recurrent estimator (fusionnet) carries its state from one sample to the next within a segment of
+    consecutive keyframes (``TrainingSample.segment``) and starts from ``initial_state()`` at each
+    segment, as the pipeline does; give the samples in stream order.
     """
     from ..eval.metrics import aggregate, depth_metrics
     photo, reproj, rows, times = [], [], [], []
@@ -277,9 +314,13 @@ def evaluate_estimator(estimator, samples: Sequence[TrainingSample], clip: Optio
     if progress:
         from tqdm import tqdm
         it = tqdm(samples, desc=f"eval {estimator.name}", unit="kf", dynamic_ncols=True)
+    state, segment = estimator.initial_state(), None
     for s in it:
+        if not estimator.recurrent or s.segment != segment:
+            state, segment = estimator.initial_state(), s.segment
         t0 = time.perf_counter()
-        res = estimator.estimate(s.reference, s.measurements, estimator.initial_state())
+        res = estimator.estimate(s.reference, s.measurements, state)
+        state = res.state
         times.append((time.perf_counter() - t0) * 1e3)
         batch = collate([s])
         depth = torch.from_numpy(res.depth)[None, None]

@@ -44,6 +44,13 @@ def confidence_map(out: StepOutput, plane_step: float = 1.0 / (N_DEPTH_LEVELS - 
     return (agreement * coverage).clamp_(0.0, 1.0)[0, 0]
 
 
+def frame_image(frame: Frame) -> np.ndarray:
+    """(H, W, 3) RGB 0-255 the network is fed: the un-rounded resize when the frame carries it (what the
+    official loader feeds, ``cv2.resize`` of the float image), else the captured uint8 image. Training
+    builds its input with this function too."""
+    return frame.image_float if frame.image_float is not None else frame.image
+
+
 class DVMVSEstimator(DepthEstimator):
     """pairnet (stateless) or fusionnet (``recurrent``) on one device."""
 
@@ -63,10 +70,8 @@ class DVMVSEstimator(DepthEstimator):
 
     # ------------------------------------------------------------------ features
     def _image(self, frame: Frame) -> torch.Tensor:
-        """(H, W, 3) float32 0-255 RGB: the un-rounded resize when the frame carries it (what the official
-        loader feeds, ``cv2.resize`` of the float image), else the captured uint8 image."""
-        src = frame.image_float if frame.image_float is not None else frame.image
-        return torch.from_numpy(np.ascontiguousarray(src)).to(self.device).float()
+        """(H, W, 3) float32 0-255 RGB of :func:`frame_image` on the device."""
+        return torch.from_numpy(np.ascontiguousarray(frame_image(frame))).to(self.device).float()
 
     def _remember(self, uid: int, feature_half: torch.Tensor) -> None:
         if self.cache_size <= 0:

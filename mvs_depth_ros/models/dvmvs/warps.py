@@ -1,8 +1,14 @@
 """Geometry of DeepVideoMVS: plane-sweep cost volume, previous-depth reprojection, hidden-state warp.
 
 All poses are 4x4 **camera-to-world** float32 tensors (as the official pipeline feeds them), ``K`` are
-3x3 float32 intrinsics of the map being warped. Batch size is 1 for the per-keyframe functions.
+3x3 float32 intrinsics of the map being warped. Every function takes either one keyframe (poses ``(4, 4)``,
+``K (3, 3)``, maps with batch size 1: the inference path) or a batch (poses ``(B, 4, 4)``, ``K (B, 3, 3)``,
+maps ``(B, ...)``: training); a single keyframe goes through exactly the arithmetic it always did.
 Every function reproduces the official arithmetic, quirks included (documented where they occur).
+
+:func:`dot_product_cost_volume` has two paths: with autograd enabled (training) it is computed out of
+place, so gradients reach the features; under ``torch.no_grad``/``inference_mode`` it writes into one
+preallocated volume (faster on the CPU). Both give the same values.
 """
 from __future__ import annotations
 
@@ -11,6 +17,11 @@ from typing import Sequence, Tuple
 import kornia
 import torch
 import torch.nn.functional as F
+
+
+def _batched(x: torch.Tensor, matrix_dims: int = 2) -> torch.Tensor:
+    """A matrix ``(r, c)`` as ``(1, r, c)``; a batch ``(B, r, c)`` unchanged."""
+    return x.unsqueeze(0) if x.dim() == matrix_dims else x
 
 
 def homogeneous_pixel_grid(height: int, width: int, device: torch.device) -> torch.Tensor:
@@ -31,43 +42,58 @@ def plane_sweep_grids(T_world_ref: torch.Tensor, T_world_src: torch.Tensor, K: t
     """Sampling grids of the source view for every fronto-parallel plane of the reference view.
 
     ``T_world_*`` (4, 4), ``K`` (3, 3), ``plane_depths`` (D,), ``uv1`` (3, H*W) -> ``(D, H, W, 2)`` for
-    ``grid_sample(align_corners=True)``. DVMVS quirk kept: x is normalised as ``(u - W/2) / (W/2)``
-    (not ``(W-1)/2``), y likewise, which shifts the sample by up to half a pixel.
+    ``grid_sample(align_corners=True)``; with batched ``T_world_*`` (B, 4, 4) and ``K`` (B, 3, 3)
+    -> ``(B, D, H, W, 2)``. DVMVS quirk kept: x is normalised as ``(u - W/2) / (W/2)`` (not
+    ``(W-1)/2``), y likewise, which shifts the sample by up to half a pixel.
     """
     T_src_ref = torch.inverse(T_world_src) @ T_world_ref
-    R, t = T_src_ref[:3, :3], T_src_ref[:3, 3:]
-    K_t = K @ t                                                    # (3, 1)
-    base = (K @ R @ torch.inverse(K)) @ uv1                        # (3, HW)
-    warped = base.unsqueeze(0) + K_t.unsqueeze(0) / plane_depths.view(-1, 1, 1)   # (D, 3, HW)
-    xy = warped[:, :2] / (warped[:, 2:3] + 1e-8)                   # (D, 2, HW)
-    half = torch.tensor([width / 2.0, height / 2.0], dtype=xy.dtype, device=xy.device).view(1, 2, 1)
+    R, t = T_src_ref[..., :3, :3], T_src_ref[..., :3, 3:]
+    K_t = K @ t                                                    # (..., 3, 1)
+    base = (K @ R @ torch.inverse(K)) @ uv1                        # (..., 3, HW)
+    warped = base.unsqueeze(-3) + K_t.unsqueeze(-3) / plane_depths.view(-1, 1, 1)   # (..., D, 3, HW)
+    xy = warped[..., :2, :] / (warped[..., 2:3, :] + 1e-8)         # (..., D, 2, HW)
+    half = torch.tensor([width / 2.0, height / 2.0], dtype=xy.dtype, device=xy.device).view(2, 1)
     xy = (xy - half) / half
-    return xy.transpose(1, 2).reshape(-1, height, width, 2)
+    return xy.transpose(-1, -2).reshape(*xy.shape[:-3], -1, height, width, 2)
 
 
 def dot_product_cost_volume(reference: torch.Tensor, sources: Sequence[torch.Tensor],
                             grids: Sequence[torch.Tensor]) -> torch.Tensor:
     """Mean over sources of the channel-averaged dot product between reference and warped source features.
 
-    ``reference`` (1, C, H, W); ``sources[i]`` (1, C, H, W); ``grids[i]`` (D, H, W, 2) -> (1, D, H, W).
-    Sampling: bilinear, zeros outside, ``align_corners=True``. One plane at a time: the (C, H, W) working
-    set stays in cache, which on CPU is about twice as fast as sampling all planes in one call.
+    ``reference`` (B, C, H, W); ``sources[i]`` (B, C, H, W); ``grids[i]`` (B, D, H, W, 2), or (D, H, W, 2)
+    when B is 1 -> (B, D, H, W). Sampling: bilinear, zeros outside, ``align_corners=True``. One plane at a
+    time: the (B, C, H, W) working set stays in cache, which on CPU is about twice as fast as sampling all
+    planes in one call.
+
+    With autograd enabled the volume is built out of place (differentiable in the features and the grids);
+    otherwise each plane is written into one preallocated volume with in-place products. The two paths
+    perform the same floating-point operations.
     """
-    _, channels, height, width = reference.shape
-    n_planes = grids[0].shape[0]
-    fused = reference.new_zeros((1, n_planes, height, width))
+    batch, channels, height, width = reference.shape
+    grids = [g if g.dim() == 5 else g.unsqueeze(0) for g in grids]
+    n_planes = grids[0].shape[1]
+    if torch.is_grad_enabled():
+        fused = 0.0
+        for source, grid in zip(sources, grids):
+            planes = [torch.sum(F.grid_sample(source, grid[:, d], mode="bilinear", padding_mode="zeros",
+                                              align_corners=True) * reference, dim=1) for d in range(n_planes)]
+            fused = fused + torch.stack(planes, dim=1) / channels
+        return fused / len(sources)
+    fused = reference.new_zeros((batch, n_planes, height, width))
     volume = torch.empty_like(fused)
     for source, grid in zip(sources, grids):
         for d in range(n_planes):
-            warped = F.grid_sample(source, grid[d:d + 1], mode="bilinear", padding_mode="zeros", align_corners=True)
+            warped = F.grid_sample(source, grid[:, d], mode="bilinear", padding_mode="zeros", align_corners=True)
             torch.sum(warped.mul_(reference), dim=1, out=volume[:, d])
         fused += volume.div_(channels)
     return fused.div_(len(sources))
 
 
 def grid_coverage(grids: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Fraction of (plane, source) samples that fall inside the source image: ``(D, H, W, 2)`` grids -> (H, W)."""
-    inside = [(g.abs() <= 1.0).all(dim=-1).float().mean(dim=0) for g in grids]
+    """Fraction of (plane, source) samples that fall inside the source image: ``(D, H, W, 2)`` grids -> (H, W),
+    ``(B, D, H, W, 2)`` -> (B, H, W)."""
+    inside = [(g.abs() <= 1.0).all(dim=-1).float().mean(dim=-3) for g in grids]
     return torch.stack(inside).mean(dim=0)
 
 
@@ -75,37 +101,43 @@ def reproject_depth_farthest(previous_depth: torch.Tensor, T_world_prev: torch.T
                              K_prev: torch.Tensor, K_out: torch.Tensor, out_hw: Tuple[int, int]) -> torch.Tensor:
     """Previous depth map splatted into the current view (DVMVS ``get_non_differentiable_rectangle_depth_estimation``).
 
-    ``previous_depth`` (1, 1, H, W) with intrinsics ``K_prev``; projection with ``K_out`` into an ``out_hw``
-    map -> (1, 1, h, w), 0 where nothing lands. Quirks kept: pixel = ``round`` (half to even) of the
-    projection; the stored depth is ``relu(z)``; among points landing on one pixel the **largest** z
-    wins (the official code sorts by z descending and keeps the first hit with ``np.unique``).
+    ``previous_depth`` (B, 1, H, W) with intrinsics ``K_prev``; projection with ``K_out`` into an ``out_hw``
+    map -> (B, 1, h, w), 0 where nothing lands. Poses (4, 4) or (B, 4, 4), intrinsics (3, 3) or (B, 3, 3).
+    Quirks kept: pixel = ``round`` (half to even) of the projection; the stored depth is ``relu(z)``; among
+    points landing on one pixel the **largest** z wins (the official code sorts by z descending and keeps
+    the first hit with ``np.unique``). Not differentiable in the pixel positions (rounding).
     """
     h, w = out_hw
-    T_cur_prev = torch.inverse(T_world_cur.unsqueeze(0)) @ T_world_prev.unsqueeze(0)     # (1, 4, 4)
-    points = kornia.geometry.depth.depth_to_3d(previous_depth, K_prev.unsqueeze(0)).permute(0, 2, 3, 1)
-    points = kornia.geometry.linalg.transform_points(T_cur_prev[:, None], points).reshape(-1, 3)
-    z = torch.relu(points[:, 2])
-    pix = torch.round(kornia.geometry.camera.perspective.project_points(points, K_out.unsqueeze(0))).long()
-    valid = (pix[:, 0] >= 0) & (pix[:, 1] >= 0) & (pix[:, 0] < w) & (pix[:, 1] < h)
-    flat = pix[valid, 1] * w + pix[valid, 0]
-    out = previous_depth.new_zeros(h * w).scatter_reduce_(0, flat, z[valid], reduce="amax", include_self=True)
-    return out.view(1, 1, h, w)
+    b = previous_depth.shape[0]
+    T_cur_prev = torch.inverse(_batched(T_world_cur)) @ _batched(T_world_prev)          # (B, 4, 4)
+    points = kornia.geometry.depth.depth_to_3d(previous_depth, _batched(K_prev)).permute(0, 2, 3, 1)
+    points = kornia.geometry.linalg.transform_points(T_cur_prev[:, None], points).reshape(b, -1, 3)
+    z = torch.relu(points[..., 2])
+    pix = torch.round(kornia.geometry.camera.perspective.project_points(points, _batched(K_out)[:, None])).long()
+    valid = (pix[..., 0] >= 0) & (pix[..., 1] >= 0) & (pix[..., 0] < w) & (pix[..., 1] < h)
+    flat = pix[..., 1] * w + pix[..., 0] + torch.arange(b, device=pix.device).view(b, 1) * (h * w)
+    out = previous_depth.new_zeros(b * h * w).scatter_reduce_(0, flat[valid], z[valid], reduce="amax",
+                                                              include_self=True)
+    return out.view(b, 1, h, w)
 
 
 def warp_hidden_state(hidden: torch.Tensor, depth: torch.Tensor, T_world_prev: torch.Tensor,
                       T_world_cur: torch.Tensor, K: torch.Tensor, min_valid_depth: float = 0.01) -> torch.Tensor:
     """Warp the previous ConvLSTM hidden state into the current view (DVMVS ``warp_frame_depth`` + masking).
 
-    ``hidden`` (1, C, h, w) in the previous view; ``depth`` (1, 1, h, w) estimated current depth;
-    ``K`` (3, 3) intrinsics at the hidden-state resolution -> (1, C, h, w), zero where ``depth <= 0.01``.
-    The transformed z is relu'd before projection (official). Bilinear, zeros outside, align_corners=True.
+    ``hidden`` (B, C, h, w) in the previous view; ``depth`` (B, 1, h, w) estimated current depth;
+    poses (4, 4) or (B, 4, 4); ``K`` (3, 3) or (B, 3, 3) intrinsics at the hidden-state resolution
+    -> (B, C, h, w), zero where ``depth <= 0.01``. The transformed z is relu'd before projection (official).
+    Bilinear, zeros outside, align_corners=True; differentiable in ``hidden`` (training back-propagates
+    through the warped state into the previous steps).
     """
     height, width = depth.shape[-2:]
-    T_prev_cur = torch.inverse(T_world_prev.unsqueeze(0)) @ T_world_cur.unsqueeze(0)
-    points = kornia.geometry.depth.depth_to_3d(depth, K.unsqueeze(0)).permute(0, 2, 3, 1)   # (1, h, w, 3)
+    K = _batched(K)
+    T_prev_cur = torch.inverse(_batched(T_world_prev)) @ _batched(T_world_cur)
+    points = kornia.geometry.depth.depth_to_3d(depth, K).permute(0, 2, 3, 1)   # (B, h, w, 3)
     points = kornia.geometry.linalg.transform_points(T_prev_cur[:, None], points)
     points = torch.cat([points[..., :2], torch.relu(points[..., 2:])], dim=-1)
-    pixels = kornia.geometry.camera.perspective.project_points(points, K.view(1, 1, 1, 3, 3))
+    pixels = kornia.geometry.camera.perspective.project_points(points, K.view(-1, 1, 1, 3, 3))
     grid = kornia.geometry.conversions.normalize_pixel_coordinates(pixels, height, width)
     warped = F.grid_sample(hidden, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     return warped.masked_fill(depth <= min_valid_depth, 0.0)
