@@ -46,7 +46,7 @@ class PlayerConfig:
     start_offset: float = 0.0
     loop: bool = False
     clock: bool = True
-    clock_frequency: float = 100.0
+    clock_frequency: float = 20.0
     delay: float = 0.0
     topics: Tuple[str, ...] = ()
     wait_for_topics: Tuple[str, ...] = ()
@@ -89,7 +89,8 @@ _PARAMS = {
                      {"floating_point_range": _float_range(0.0, 1e9)}),
     "loop": (False, "play the bag again from start_offset when it ends", {}),
     "clock": (True, "publish /clock (rosgraph_msgs/Clock) with the bag time", {}),
-    "clock_frequency": (100.0, "minimum /clock rate in Hz while waiting for the next message",
+    "clock_frequency": (20.0, "minimum /clock rate in Hz while waiting for the next message (each /clock is a "
+                        "callback in every use_sim_time node; /clock is also sent right before each message)",
                         {"floating_point_range": _float_range(0.1, 10000.0)}),
     "delay": (0.0, "seconds to wait (after wait_for_topics) before the first message",
               {"floating_point_range": _float_range(0.0, 3600.0)}),
