@@ -19,6 +19,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -49,6 +50,16 @@ def load_frames(scene, names, width, height, float_resize):
     return frames
 
 
+def hololens_root(shared_arg: Optional[str]) -> Optional[Path]:
+    """The HoloLens sample folder (``--shared`` or MVS_DEPTH_SHARED / ../shared), or None with a message."""
+    shared = Path(shared_arg) if shared_arg else shared_path()
+    root = shared / "data" / "hololens-000" if shared else None
+    if root is None or not root.is_dir():
+        print("HoloLens sample not found (set MVS_DEPTH_SHARED or pass --shared)", file=sys.stderr)
+        return None
+    return root
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS))
@@ -64,10 +75,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    shared = Path(args.shared) if args.shared else shared_path()
-    root = shared / "data" / "hololens-000" if shared else None
-    if root is None or not root.is_dir():
-        print("HoloLens sample not found (set MVS_DEPTH_SHARED or pass --shared)", file=sys.stderr)
+    root = hololens_root(args.shared)
+    if root is None:
         return 2
     scene = load_scene(root)
     index = read_keyframe_index(root / "indices" / INDEX)

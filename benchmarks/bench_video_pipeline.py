@@ -65,10 +65,9 @@ import cv2
 import numpy as np
 import torch
 
-from bench_mvs_accuracy import MODELS  # registry name, checkpoint, official figures (same folder)
+from bench_mvs_accuracy import MODELS, hololens_root  # registry name, checkpoint, official figures
 from mvs_depth_ros.core.frame import DepthResult, Frame
 from mvs_depth_ros.core.pipeline import PipelineConfig, StepResult, VideoPipeline
-from mvs_depth_ros.data.paths import shared_path
 from mvs_depth_ros.data.scenes import load_scene, read_keyframe_index
 from mvs_depth_ros.eval.metrics import aggregate, depth_metrics, write_metrics_json
 from mvs_depth_ros.models.base import recommended_threshold
@@ -229,10 +228,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
 
-    shared = Path(args.shared) if args.shared else shared_path()
-    root = shared / "data" / "hololens-000" if shared else None
-    if root is None or not root.is_dir():
-        print("HoloLens sample not found (set MVS_DEPTH_SHARED or pass --shared)", file=sys.stderr)
+    root = hololens_root(args.shared)
+    if root is None:
         return 2
     scene = load_scene(root)
     frames = Frames(scene)
