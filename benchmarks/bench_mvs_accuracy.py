@@ -78,6 +78,7 @@ def main(argv=None) -> int:
     root = hololens_root(args.shared)
     if root is None:
         return 2
+    shared = root.parents[1]                 # <shared>/data/hololens-000
     scene = load_scene(root)
     index = read_keyframe_index(root / "indices" / INDEX)
     if args.frames:

@@ -231,6 +231,7 @@ def main(argv=None) -> int:
     root = hololens_root(args.shared)
     if root is None:
         return 2
+    shared = root.parents[1]                 # <shared>/data/hololens-000
     scene = load_scene(root)
     frames = Frames(scene)
     indices = {n: read_keyframe_index(root / "indices" / INDEX.format(n)) for n in (1, 2, 3)
