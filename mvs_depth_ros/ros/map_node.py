@@ -644,7 +644,7 @@ class MapNode(Node):
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``ros2 run mvs_depth_ros map_node --ros-args -p world_frame:=odom -p voxel_size:=0.02 ...``"""
-    return spin_node(MapNode, "map_node", argv, threads=3, large_messages=False)
+    return spin_node(MapNode, "map_node", argv, large_messages=False)
 
 
 if __name__ == "__main__":

@@ -441,7 +441,7 @@ class MvsNode(Node):
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``ros2 run mvs_depth_ros mvs_node --ros-args -p model:=planesweep ...``"""
-    return spin_node(MvsNode, "mvs_node", argv, threads=2)
+    return spin_node(MvsNode, "mvs_node", argv)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """``mvs-depth launch PROFILE [key:=value ...]``: the launch files' nodes in one process.
 
 For installs without ``ros2 launch`` (the PyPI ROS 2 wheels). Each profile starts the same nodes, with the
-same parameter YAML files, remappings and namespaces as its launch file, in one ``MultiThreadedExecutor``:
+same parameter YAML files, remappings and namespaces as its launch file, in one ``SingleThreadedExecutor``:
 
 * ``fusion``  (launch/fusion.launch.py): ``mvs_node`` [+ ``map_node`` with ``map:=true``];
 * ``pair``    (launch/pair.launch.py): ``fusion`` with the DeepVideoMVS pair network as default model;
@@ -315,7 +315,7 @@ def run(specs: List[NodeSpec], duration: float = 0.0, eval_bag: bool = False) ->
     """Start the nodes, spin them until Ctrl-C / ``duration`` / the end of an evaluated bag."""
     os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(share_dir() / "config" / "fastdds_profile.xml"))
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
     from .conversions import tune_allocator_for_large_messages
     tune_allocator_for_large_messages()
@@ -323,7 +323,8 @@ def run(specs: List[NodeSpec], duration: float = 0.0, eval_bag: bool = False) ->
     rclpy.init(args=[], context=context)
     nodes = []
     rc = 0
-    executor = MultiThreadedExecutor(num_threads=max(4, len(specs) + 2), context=context)
+    # single-threaded: see node_main.spin_node (the multi-threaded executor starved the nodes' workers)
+    executor = SingleThreadedExecutor(context=context)
     try:
         for spec in specs:
             node = _instantiate(spec, context)

@@ -698,7 +698,7 @@ class StereoNode(Node):
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``ros2 run mvs_depth_ros stereo_node --ros-args -r left/image_rect:=... -p num_disparities:=128``"""
-    return spin_node(StereoNode, "stereo_node", argv, threads=2)
+    return spin_node(StereoNode, "stereo_node", argv)
 
 
 if __name__ == "__main__":
