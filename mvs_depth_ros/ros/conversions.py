@@ -106,7 +106,7 @@ def _bytes_array(arr: np.ndarray) -> array.array:
 
 def _payload(nbytes: int) -> Tuple[array.array, np.ndarray]:
     """A message payload of ``nbytes`` and a writable uint8 numpy view of the same memory: fill the view
-    in place and assign the array to ``msg.data`` with :func:`_set_data` (no copy at all)."""
+    in place, then assign the array to ``msg.data`` of a message made by :func:`_new_message` (no copy at all)."""
     buf = array.array("B", b"\0") * int(nbytes)
     return buf, np.frombuffer(buf, dtype=np.uint8)
 
