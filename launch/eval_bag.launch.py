@@ -44,7 +44,9 @@ def _nodes(context, *args, **kwargs):
         # namespace "mvs": publishes /mvs/depth_estimate, /mvs/depth, ... (evaluator.yaml's prediction_topic)
         Node(package="mvs_depth_ros", executable="mvs_node", name="mvs_node", namespace="mvs", output="screen",
              remappings=[("image", "/camera/image_raw"), ("camera_info", "/camera/camera_info")],
-             parameters=[dataset_file, sim, {"model": get("model"), "qos_reliability": "reliable"}]),
+             # every frame processed in order (frame_queue), so the evaluated keyframes are the offline run's
+             parameters=[dataset_file, sim, {"model": get("model"), "qos_reliability": "reliable",
+                                             "frame_queue": 1000}]),
         Node(package="mvs_depth_ros", executable="evaluator_node", name="evaluator", output="screen",
              parameters=[cfg("evaluator.yaml"), dataset_file, sim,
                          {"output_dir": get("output_dir"), "names_bag": bag}]),

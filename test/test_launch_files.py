@@ -274,13 +274,14 @@ def test_runner_eval_bag_end_to_end(tmp_path):
     ev = metrics["summary"]["evaluator"]
     assert ev["evaluated"] >= 2 and ev["ground_truth"] >= 12, ev
     assert metrics["summary"]["dense"]["abs_rel"] < 0.3, metrics["summary"]["dense"]
-    # the same keyframes offline, from the same bag: the ROS graph's numbers are the offline numbers
+    # offline from the same bag, with its own online keyframe selection: eval-bag processes every frame in
+    # order (frame_queue), so the ROS graph picks the same keyframes and its numbers are the offline numbers
     offline = tmp_path / "offline"
-    assert cli_main(["run", "--bag", str(bag), "--keyframes", str(out / "keyframes.txt"), "--width", "160",
-                     "--height", "128", "--device", "cpu", "--model-option", "n_planes=16", "--pictures", "0",
-                     "--out", str(offline)]) == 0
+    assert cli_main(["run", "--bag", str(bag), "--width", "160", "--height", "128", "--device", "cpu",
+                     "--model-option", "n_planes=16", "--pictures", "0", "--out", str(offline)]) == 0
     ref = json.loads((offline / "metrics.json").read_text())
-    assert ref["summary"]["keyframes"] == metrics["summary"]["keyframes"]
+    assert (out / "keyframes.txt").read_text() == (offline / "keyframes.txt").read_text()
+    assert ref["summary"]["keyframes"] == metrics["summary"]["keyframes"] == ev["evaluated"]
     for kind in ("dense", "filtered"):
         for key, value in ref["summary"][kind].items():
             assert value == pytest.approx(metrics["summary"][kind][key], abs=1e-6), (kind, key)

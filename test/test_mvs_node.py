@@ -303,3 +303,34 @@ def test_live_parameter_changes_are_validated():
     finally:
         node.destroy_node()
         rclpy.shutdown(context=ctx)
+
+
+@pytest.mark.parametrize("frame_queue, dropped, kept", [(1, 2, [2]), (2, 1, [1, 2]), (3, 0, [0, 1, 2])])
+def test_frame_queue_latest_frame_wins_or_keeps_order(frame_queue, dropped, kept):
+    """frame_queue 1 (live default): a new image replaces the waiting one, counted as dropped; N > 1 (bag
+    evaluation) keeps up to N in arrival order and drops the oldest only when full. The worker is stopped
+    first so the images stay queued."""
+    import rclpy
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import Image
+
+    from mvs_depth_ros.ros.mvs_node import MvsNode
+    context = rclpy.context.Context()
+    rclpy.init(args=[], context=context)
+    try:
+        node = MvsNode("mvs_node_queue_test", context=context,
+                       parameter_overrides=[Parameter("frame_queue", value=frame_queue),
+                                            Parameter("device", value="cpu")])
+        try:
+            node.shutdown()
+            for sec in range(3):
+                msg = Image()
+                msg.header.stamp.sec = sec
+                node._on_image(msg)
+            assert node.counters.images == 3 and node.counters.dropped == dropped
+            assert [m.header.stamp.sec for m, _ in node._slot] == kept
+            assert not node.idle()
+        finally:
+            node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)

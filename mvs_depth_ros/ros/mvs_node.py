@@ -22,11 +22,12 @@ logged (rate limited), counted in ``/diagnostics`` and never stops the node.
 from __future__ import annotations
 
 import sys
+from collections import deque
 import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Deque, Dict, List, Optional, Sequence
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -106,11 +107,13 @@ class MvsNode(Node):
 
         # state ----------------------------------------------------------------------------------------
         self._camera_info: Optional[tuple] = None   # (K, (w, h), D, frame_id)
+        self._camera_info_arrived = threading.Event()
         self._distortion_warned = False
         self._last_stamp: Optional[int] = None
         self._last_size: Optional[tuple] = None
         self._last_pose_stamp: Optional[int] = None
-        self._slot: Optional[tuple] = None           # (Image, receive monotonic time)
+        # frames waiting for the worker: (Image, receive monotonic time); maxlen 1 = latest frame wins
+        self._slot: Deque[tuple] = deque(maxlen=self.config.frame_queue)
         self._slot_cv = threading.Condition()
         self._busy = False
         self._stop = threading.Event()
@@ -175,9 +178,9 @@ class MvsNode(Node):
         self._rate_in.tick()
         with self._slot_cv:
             self.counters.images += 1
-            if self._slot is not None:
-                self.counters.dropped += 1
-            self._slot = (msg, time.monotonic())
+            if len(self._slot) == self._slot.maxlen:
+                self.counters.dropped += 1             # the oldest waiting frame makes room
+            self._slot.append((msg, time.monotonic()))
             self._slot_cv.notify()
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
@@ -193,6 +196,7 @@ class MvsNode(Node):
                 f"camera_info has non-zero distortion {D.tolist()}: this node assumes rectified images "
                 f"(run image_proc rectify first); depth will be biased otherwise")
         self._camera_info = (K, size, D, msg.header.frame_id)
+        self._camera_info_arrived.set()
 
     def _on_pose(self, msg) -> None:
         try:
@@ -219,12 +223,11 @@ class MvsNode(Node):
     def _work(self) -> None:
         while not self._stop.is_set():
             with self._slot_cv:
-                while self._slot is None and not self._stop.is_set():
+                while not self._slot and not self._stop.is_set():
                     self._slot_cv.wait(0.2)
                 if self._stop.is_set():
                     return
-                msg, t_recv = self._slot
-                self._slot = None
+                msg, t_recv = self._slot.popleft()
                 self._busy = True
             try:
                 self._process(msg, t_recv)
@@ -239,7 +242,7 @@ class MvsNode(Node):
     def idle(self) -> bool:
         """True when no frame is waiting or being processed (the runner drains with it)."""
         with self._slot_cv:
-            return self._slot is None and not self._busy
+            return not self._slot and not self._busy
 
     def _lookup_pose(self, frame_id: str, stamp: int) -> Optional[np.ndarray]:
         cfg = self.config
@@ -278,6 +281,10 @@ class MvsNode(Node):
             self.counters.rejected_corrupt += 1
             self._warn("frame_id", "image has an empty header.frame_id and no camera_frame parameter is set")
             return
+        if self._camera_info is None:
+            # image and camera_info of one stamp travel on two topics: the image may win by a few ms, so the
+            # first frames wait for the first camera_info as long as for a transform
+            self._camera_info_arrived.wait(cfg.tf_timeout)
         info = self._camera_info
         if info is None:
             self.counters.no_camera_info += 1

@@ -152,6 +152,9 @@ MVS_SPECS: Dict[str, Spec] = {
     "qos_reliability": Spec("best_effort", "input subscriptions (REP 2003 sensor data)",
                             choices=("best_effort", "reliable")),
     "qos_depth": Spec(5, "input queue depth", 1, 1000),
+    "frame_queue": Spec(1, "frames waiting for the model: 1 = latest frame wins (live: a slow model drops frames, "
+                           "counted, never queues latency); N > 1 = keep up to N in order, dropping the oldest "
+                           "when full (bag evaluation: every frame processed)", 1, 100000),
     "output_qos_reliability": Spec("reliable", "output publishers", choices=("best_effort", "reliable")),
     "output_qos_depth": Spec(5, "output queue depth", 1, 1000),
     # diagnostics / logs
@@ -194,6 +197,7 @@ class MvsConfig:
     time_jump_reset: float
     qos_reliability: str
     qos_depth: int
+    frame_queue: int
     output_qos_reliability: str
     output_qos_depth: int
     diagnostics_period: float

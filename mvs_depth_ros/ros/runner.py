@@ -230,7 +230,7 @@ def _eval_bag(a: Dict[str, str], share: Path) -> List[NodeSpec]:
                  {"bag": a["bag"], "rate": float(a["rate"]), "wait_for_topics": ["/camera/image_raw"],
                   "wait_timeout": 60.0, "autostart": False}),
         NodeSpec("mvs_depth_ros.ros.mvs_node:MvsNode", "mvs_node", "mvs", [dataset],
-                 {"use_sim_time": True, "model": a["model"], "qos_reliability": "reliable"},
+                 {"use_sim_time": True, "model": a["model"], "qos_reliability": "reliable", "frame_queue": 1000},
                  [("image", "/camera/image_raw"), ("camera_info", "/camera/camera_info")]),
         NodeSpec("mvs_depth_ros.ros.evaluator_node:EvaluatorNode", "evaluator", "",
                  [cfg / "evaluator.yaml", dataset],
