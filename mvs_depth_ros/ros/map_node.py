@@ -265,7 +265,6 @@ class MapNode(Node):
         self._cv = threading.Condition()
         self._stop = threading.Event()
         self._images: "collections.OrderedDict[int, np.ndarray]" = collections.OrderedDict()
-        self._newest_image = -1                        # stamp of the newest colour image (-1: none yet)
         self._history: Deque[tuple] = collections.deque(maxlen=max(cfg.consistency_views, 1))
         self._camera_info: Optional[tuple] = None
         self._version = 0                              # bumps when the map changes
@@ -432,7 +431,6 @@ class MapNode(Node):
         with self._cv:
             stamp = C.stamp_to_ns(msg.header.stamp)
             self._images[stamp] = rgb
-            self._newest_image = max(self._newest_image, stamp)
             while len(self._images) > 30:
                 self._images.popitem(last=False)
             self._cv.notify_all()
@@ -512,8 +510,8 @@ class MapNode(Node):
         (a bag's ground-truth depth, a depth camera) race on separate topics: while images are arriving
         and none this new has yet, wait up to :data:`COLOR_WAIT_S` for it; otherwise fuse grey."""
         deadline = time.monotonic() + COLOR_WAIT_S
-        while (stamp not in self._images and 0 <= self._newest_image < stamp and not self._stop.is_set()
-               and time.monotonic() < deadline):
+        while (stamp not in self._images and 0 <= max(self._images, default=-1) < stamp
+               and not self._stop.is_set() and time.monotonic() < deadline):
             self._cv.wait(max(deadline - time.monotonic(), 0.0))
         return self._images.get(stamp)
 

@@ -22,10 +22,10 @@ logged (rate limited), counted in ``/diagnostics`` and never stops the node.
 from __future__ import annotations
 
 import sys
-from collections import deque
 import threading
 import time
 import traceback
+from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any, Deque, Dict, List, Optional, Sequence
 
