@@ -131,7 +131,10 @@ def test_batched_step_equals_one_keyframe_at_a_time(samples):
                                [p[b] for p in src_poses], K[b], state)
                 state = out.state
                 torch.testing.assert_close(out.depths[0], batched[t].depths[0][b:b + 1], rtol=1e-5, atol=1e-5)
-                torch.testing.assert_close(out.state.hidden, batched[t].state.hidden[b:b + 1], rtol=1e-4, atol=1e-5)
+                # The ConvLSTM hidden state is bounded in (-1, 1). Batched and single convolutions take different
+                # oneDNN kernels whose float32 sums differ, and the recurrence amplifies that: up to 8e-5 seen on
+                # AMD EPYC (1 and 2 threads). A batch-mixing bug moves it by O(0.1); 5e-4 of the range separates.
+                torch.testing.assert_close(out.state.hidden, batched[t].state.hidden[b:b + 1], rtol=0, atol=5e-4)
                 torch.testing.assert_close(out.depth_estimation, batched[t].depth_estimation[b:b + 1])
                 torch.testing.assert_close(out.coverage, batched[t].coverage[b])
     assert float(batched[2].depth_estimation.gt(0).float().mean()) > 0.5      # the state was really warped
