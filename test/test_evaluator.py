@@ -286,3 +286,30 @@ def test_eval_bag_fails_with_counts_when_a_frame_never_gets_its_pose(tmp_path):
     assert "1 dropped after waiting tf_timeout 1 s for their pose" in log and "evaluation INCOMPLETE" in log, log[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["summary"]["evaluator"]["ground_truth"] == 8 and metrics["summary"]["keyframes"] >= 1
+
+
+@pytest.mark.parametrize("module", ["mvs_depth_ros.ros.evaluator_node", "mvs_depth_ros.ros.mvs_node"])
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_nodes_end_cleanly_on_sigint_and_sigterm(module, sig, tmp_path):
+    """One shutdown path (node_main.spin_node): exit 0, no traceback (evaluator_node used to die with
+    ExternalShutdownException on SIGTERM), no 'context is invalid' rosout error, outputs written."""
+    import signal
+
+    from ros_helpers import NodeProcess, require_rclpy
+    require_rclpy()
+    params = dict(output_dir=str(tmp_path / "ev"), prediction_type="image") if "evaluator" in module else \
+        dict(device="cpu", width=64, height=48)
+    with NodeProcess(module, params) as proc:
+        deadline = time.monotonic() + 60
+        while "[INFO]" not in proc.output() and time.monotonic() < deadline and proc.alive():
+            time.sleep(0.2)
+        assert proc.alive(), proc.output()[-2000:]
+        proc.proc.send_signal(getattr(signal, sig))
+        rc = proc.proc.wait(30)
+        log = proc.output()
+    assert rc == 0, log[-2000:]
+    assert "Traceback" not in log and "context is invalid" not in log and "Failed to publish" not in log, log[-2000:]
+    if "evaluator" in module:
+        assert (tmp_path / "ev" / "metrics.json").is_file() and "wrote" in log
+    else:
+        assert "counters:" in log
