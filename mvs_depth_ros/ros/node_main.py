@@ -4,7 +4,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from dataclasses import asdict
+from dataclasses import fields
 from typing import Callable, List, Optional
 
 
@@ -65,7 +65,7 @@ def spin_node(factory: Callable[[], object], name: str, argv: Optional[List[str]
         if node is not None:
             counters = getattr(node, "counters", None)
             if counters is not None and rclpy.ok():
-                node.get_logger().info(f"counters: {asdict(counters)}")
+                node.get_logger().info(f"counters: { {f.name: getattr(counters, f.name) for f in fields(counters)} }")
             node.destroy_node()
         rclpy.try_shutdown()
         for s, h in previous.items():
