@@ -149,9 +149,10 @@ def test_node_over_dds_matches_offline(tmp_path, frames, ros_context):
             pubs["/pred/confidence"].publish(to_msg(c, f.stamp))   # confidence first: pairing must wait
             pubs["/pred/depth"].publish(to_msg(d, f.stamp))
         ex.spin_once(timeout_sec=0.01)
-    # a malformed prediction: counted, not fatal
+    # a malformed prediction (with its confidence: depth and confidence are paired first): counted, not fatal
     bad = Image(height=4, width=4, encoding="32FC1", step=16)
     bad.header.stamp.sec = 1
+    pubs["/pred/confidence"].publish(bad)
     pubs["/pred/depth"].publish(bad)
     deadline = time.monotonic() + 10
     while (node.core.counters.evaluated < 3 or node.core.counters.bad_messages < 1) and time.monotonic() < deadline:
