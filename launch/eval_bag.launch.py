@@ -31,11 +31,12 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, ExecuteProcess, OpaqueFunction, RegisterEventHandler
+from launch.actions import (DeclareLaunchArgument, EmitEvent, ExecuteProcess, OpaqueFunction, RegisterEventHandler,
+                            SetEnvironmentVariable)
 from launch.conditions import IfCondition, UnlessCondition
 from launch.event_handlers import OnProcessExit
 from launch.events import Shutdown
-from launch.substitutions import LaunchConfiguration
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration
 from launch_ros.actions import Node
 
 #: launch argument -> (default, description); None = required. The runner (mvs_depth_ros.ros.runner) reads it too.
@@ -73,7 +74,7 @@ def _nodes(context, *args, **kwargs):
     evaluator = Node(
         package="mvs_depth_ros", executable="evaluator_node", name="evaluator", output="screen",
         parameters=[cfg("evaluator.yaml"), dataset_file, sim,
-                    {"output_dir": get("output_dir"), "names_bag": bag, "gt_topic": get("gt_depth"),
+                    {"output_dir": get("output_dir"), "names_bag": bag, "gt_topic": get("gt_depth"), "qos_depth": 1000,
                      "match_tolerance": float(get("gt_stamp_tolerance")), "end_of_stream_topic": END_OF_STREAM,
                      "end_of_bag_topic": END_OF_BAG if get("use_player").lower() == "true" else ""}])
 
@@ -87,8 +88,13 @@ def _nodes(context, *args, **kwargs):
         Node(package="mvs_depth_ros", executable="player_node", name="player", output="screen",
              condition=IfCondition(LaunchConfiguration("use_player")),
              parameters=[cfg("player.yaml"), dataset_file,
-                         {"bag": bag, "rate": float(get("rate")), "wait_for_topics": [get("image")],
-                          "wait_timeout": 60.0, "end_of_bag_topic": END_OF_BAG}]),
+                         # every input of the graph subscribed (volatile topics lose what is sent before), then a
+                         # second more for the publisher-subscriber matching to complete
+                         # qos_depth: a reliable writer keeps this many unacknowledged messages; a loaded reader
+                         # must never make it overwrite one (a lost frame fails the evaluation)
+                         {"bag": bag, "rate": float(get("rate")), "wait_timeout": 120.0, "delay": 1.0, "qos_depth": 1000,
+                          "wait_for_topics": [get("image"), get("camera_info"), get("gt_depth"), "/tf"],
+                          "end_of_bag_topic": END_OF_BAG}]),
         ExecuteProcess(cmd=["ros2", "bag", "play", bag, "--clock", "--rate", get("rate")], output="screen",
                        condition=UnlessCondition(LaunchConfiguration("use_player"))),
         # namespace "mvs": publishes /mvs/depth_estimate, /mvs/depth, ... (evaluator.yaml's prediction_topic)
@@ -96,7 +102,7 @@ def _nodes(context, *args, **kwargs):
              remappings=[("image", get("image")), ("camera_info", get("camera_info"))],
              # every frame processed in order (frame_queue), so the evaluated keyframes are the offline run's
              parameters=[dataset_file, sim, {"model": get("model"), "qos_reliability": "reliable",
-                                             "frame_queue": 1000, "qos_depth": 100, "queue_size": 100,
+                                             "frame_queue": 1000, "qos_depth": 1000, "queue_size": 1000,
                                              "camera_frame": get("camera_frame"),
                                              "tf_timeout": float(get("tf_wait")),
                                              "end_of_bag_topic": END_OF_BAG if get("use_player").lower() == "true"
@@ -107,7 +113,11 @@ def _nodes(context, *args, **kwargs):
 
 
 def generate_launch_description():
+    profile = os.path.join(get_package_share_directory("mvs_depth_ros"), "config", "fastdds_profile.xml")
     return LaunchDescription(
         [DeclareLaunchArgument(k, description=h) if d is None else DeclareLaunchArgument(k, default_value=d, description=h)
          for k, (d, h) in ARGUMENTS.items()]
-        + [OpaqueFunction(function=_nodes)])
+        # the project's Fast DDS profile (large images over shared memory) unless one is set already
+        + [SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE",
+                                  EnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", default_value=profile)),
+           OpaqueFunction(function=_nodes)])

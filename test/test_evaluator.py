@@ -252,7 +252,9 @@ def test_player_node_evaluator_in_separate_processes_equal_offline(tmp_path):
     with NodeProcess("mvs_depth_ros.ros.mvs_node", depth, remaps=remaps) as node, \
             NodeProcess("mvs_depth_ros.ros.evaluator_node", evaluator) as ev:
         with NodeProcess("mvs_depth_ros.ros.player_node",
-                         dict(bag=str(bag), wait_for_topics=f"[{RGBD_TOPICS['image']}]", wait_timeout=60.0)) as pl:
+                         dict(bag=str(bag), wait_timeout=120.0, delay=1.0, wait_for_topics="[{}]".format(
+                             ",".join([RGBD_TOPICS["image"], RGBD_TOPICS["camera_info"], RGBD_TOPICS["depth_gt"],
+                                       "/tf"])))) as pl:
             assert pl.proc.wait(120) == 0, pl.output()[-3000:]
         rc = ev.proc.wait(180)
         log = ev.output()

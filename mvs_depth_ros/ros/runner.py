@@ -237,16 +237,18 @@ def _eval_bag(a: Dict[str, str], share: Path) -> List[NodeSpec]:
     return [
         # autostart off: the runner starts playback once every node of the graph exists
         NodeSpec("mvs_depth_ros.ros.player_node:PlayerNode", "player", "", [cfg / "player.yaml", dataset],
-                 {"bag": a["bag"], "rate": float(a["rate"]), "wait_for_topics": [a["image"]],
-                  "wait_timeout": 60.0, "autostart": False, "end_of_bag_topic": end_of_bag}),
+                 {"bag": a["bag"], "rate": float(a["rate"]), "wait_timeout": 120.0, "delay": 1.0, "qos_depth": 1000,
+                  "wait_for_topics": [a["image"], a["camera_info"], a["gt_depth"], "/tf"], "autostart": False,
+                  "end_of_bag_topic": end_of_bag}),
         NodeSpec("mvs_depth_ros.ros.mvs_node:MvsNode", "mvs_node", "mvs", [dataset],
                  {"use_sim_time": True, "model": a["model"], "qos_reliability": "reliable", "frame_queue": 1000,
-                  "qos_depth": 100, "queue_size": 100, "camera_frame": a["camera_frame"], "tf_timeout": tf_wait,
+                  "qos_depth": 1000, "queue_size": 1000, "camera_frame": a["camera_frame"], "tf_timeout": tf_wait,
                   "end_of_bag_topic": end_of_bag},
                  [("image", a["image"]), ("camera_info", a["camera_info"])]),
         NodeSpec("mvs_depth_ros.ros.evaluator_node:EvaluatorNode", "evaluator", "",
                  [cfg / "evaluator.yaml", dataset],
                  {"use_sim_time": True, "output_dir": a["output_dir"], "names_bag": a["bag"], "gt_topic": a["gt_depth"],
+                  "qos_depth": 1000,
                   "match_tolerance": tolerance, "end_of_stream_topic": end_of_stream, "end_of_bag_topic": end_of_bag},
                  ends_run=True),
     ]
