@@ -32,7 +32,7 @@ def _launch_available():
         return f"`launch`/`launch_ros` not importable ({exc}): no ROS 2 distribution; the runner tests cover the graph"
 
 
-@pytest.mark.parametrize("name", ["fusion.launch.py", "pair.launch.py", "stereo.launch.py"])
+@pytest.mark.parametrize("name", ["fusion.launch.py", "pair.launch.py", "stereo.launch.py", "eval_bag.launch.py"])
 def test_launch_file_loads_and_declares_arguments(name, monkeypatch):
     why = _launch_available()
     if why:

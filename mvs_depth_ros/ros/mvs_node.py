@@ -252,9 +252,12 @@ class MvsNode(DepthNodeBase):
             self.poses.clear()
 
     # ------------------------------------------------------------------------------------ diagnostics
-    def diagnostic_extra(self) -> Tuple[List[str], List[Tuple[str, Any]]]:
+    def refresh_counters(self) -> None:
         c = self.counters
         c.images, c.no_camera_info = self.sync.received[0], self.sync.unmatched(0)
+
+    def diagnostic_extra(self) -> Tuple[List[str], List[Tuple[str, Any]]]:
+        c = self.counters
         problems = []
         bad = c.rejected_encoding + c.rejected_corrupt + c.no_camera_info + c.camera_info_mismatch + c.stamp_backwards
         if bad:

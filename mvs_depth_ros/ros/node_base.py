@@ -458,6 +458,7 @@ class DepthNodeBase(_Node):  # type: ignore[misc,valid-type]
 
     def _publish_end(self, sent: int, received: int) -> None:
         from diagnostic_msgs.msg import DiagnosticStatus
+        self.refresh_counters()
         c = self.counters
         lost = max(0, sent - received)
         problems = []
@@ -481,12 +482,16 @@ class DepthNodeBase(_Node):  # type: ignore[misc,valid-type]
         self._end_pub.publish(self.end_report)
 
     # ------------------------------------------------------------------------------------ diagnostics
+    def refresh_counters(self) -> None:
+        """Copy counts kept elsewhere (the input synchroniser's) into ``counters``."""
+
     def diagnostic_extra(self) -> Tuple[List[str], List[Tuple[str, Any]]]:
         """(node-specific problems, node-specific values)."""
         return [], []
 
     def diagnostic_status(self):
         from diagnostic_msgs.msg import DiagnosticStatus
+        self.refresh_counters()
         c = self.counters
         lat_mean, lat_max, _ = self._latency.summary()
         ovh_mean, ovh_max, _ = self._overhead.summary()

@@ -63,6 +63,8 @@ def spin_node(factory: Callable[[], object], name: str, argv: Optional[List[str]
         pass
     finally:
         if node is not None:
+            if hasattr(node, "refresh_counters"):
+                node.refresh_counters()
             counters = getattr(node, "counters", None)
             if counters is not None and rclpy.ok():
                 node.get_logger().info(f"counters: { {f.name: getattr(counters, f.name) for f in fields(counters)} }")

@@ -427,10 +427,13 @@ class StereoNode(DepthNodeBase):
                 dense=cfg.points_dense, stride=cfg.points_stride, max_range=cfg.points_max_range))
 
     # ------------------------------------------------------------------------------------ diagnostics
-    def diagnostic_extra(self) -> Tuple[List[str], List[Tuple[str, Any]]]:
+    def refresh_counters(self) -> None:
         c = self.counters
         c.left_images, c.right_images = self.sync.received
         c.pairs, c.unsynchronized = self.sync.matched, self.sync.unmatched(0) + self.sync.unmatched(1)
+
+    def diagnostic_extra(self) -> Tuple[List[str], List[Tuple[str, Any]]]:
+        c = self.counters
         problems = []
         bad = (c.rejected_encoding + c.rejected_corrupt + c.no_camera_info + c.camera_info_mismatch
                + c.bad_calibration + c.size_mismatch + c.stamp_backwards)
