@@ -316,3 +316,24 @@ def test_nodes_end_cleanly_on_sigint_and_sigterm(module, sig, tmp_path):
         assert (tmp_path / "ev" / "metrics.json").is_file() and "wrote" in log
     else:
         assert "counters:" in log
+
+
+def test_eval_bag_fails_when_images_lack_their_camera_info(tmp_path):
+    """Images whose camera_info never comes (here: camera_info remapped to a topic the bag lacks) are not
+    silently skipped: the depth node's end report counts them and the run ends non-zero."""
+    from ros_helpers import NodeProcess, require_rclpy
+    require_rclpy()
+    from mvs_depth_ros.ros import interfaces
+    if not (interfaces.tf_message_available() and interfaces.depth_estimate_available()):
+        pytest.skip("needs tf2_msgs and mvs_depth_ros/msg (tools/install_ros.sh builds them)")
+    bag = _rgbd_bag(tmp_path, n=6)
+    args = ["launch", "eval-bag", f"bag:={bag}", "dataset:=synthetic", f"output_dir:={tmp_path / 'eval'}",
+            f"image:={RGBD_TOPICS['image']}", "camera_info:=/no/camera_info", f"gt_depth:={RGBD_TOPICS['depth_gt']}",
+            "player.wait_for_topics:=[]", "mvs_node.end_timeout:=2.0", "evaluator.end_timeout:=2.0", *SMALL,
+            "--duration", "120"]
+    with NodeProcess("mvs_depth_ros.cli", args=args) as proc:
+        rc = proc.proc.wait(140)
+        log = proc.output()
+    assert rc == 1, log[-3000:]
+    assert "6 frames without their partner messages (0 dropped, 6 still waiting)" in log, log[-3000:]
+    assert "evaluation INCOMPLETE" in log, log[-3000:]

@@ -140,6 +140,9 @@ class MvsNode(DepthNodeBase):
             return
         self.submit(C.stamp_to_ns(msg.header.stamp), frame_id, (msg, info, rgb))
 
+    def unpaired(self) -> Tuple[int, int]:
+        return self.sync.unmatched(0), self.sync.queued(0)
+
     def input_count(self) -> Tuple[str, int]:
         return self.sync.topics[0], self.sync.received[0]
 

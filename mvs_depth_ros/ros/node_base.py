@@ -280,6 +280,7 @@ class DepthNodeBase(_Node):  # type: ignore[misc,valid-type]
         self.counters = self.COUNTERS()
         self.end_report = None            # the end_of_stream DiagnosticStatus once published
         self._end_sent: Optional[Dict[str, int]] = None
+        self._end_progress: Optional[tuple] = None
         self._end_pub = None
         super().__init__(node_name, namespace=namespace, context=context, cli_args=cli_args,
                          parameter_overrides=overrides(parameter_overrides, params))
@@ -439,6 +440,10 @@ class DepthNodeBase(_Node):  # type: ignore[misc,valid-type]
         """(resolved topic name of the counted input, inputs received on it)."""
         raise NotImplementedError
 
+    def unpaired(self) -> Tuple[int, int]:
+        """(received inputs dropped without their partner messages, inputs still waiting for them)."""
+        return 0, 0
+
     def _on_end_of_bag(self, msg) -> None:
         self._end_sent = {kv.key: int(kv.value) for kv in msg.values if kv.value.lstrip("-").isdigit()}
         topic, _ = self.input_count()
@@ -449,8 +454,12 @@ class DepthNodeBase(_Node):  # type: ignore[misc,valid-type]
             return
         topic, received = self.input_count()
         sent = self._end_sent.get(topic, 0)
+        progress = (received, self.unpaired(), self.counters.processed)
+        if progress != self._end_progress:      # anything arriving restarts the end_timeout wait
+            self._end_progress = progress
+            self._last_input_t = time.monotonic()
         quiet = time.monotonic() - self._last_input_t
-        if received < sent and quiet < self.config.end_timeout:
+        if (received < sent or progress[1][1]) and quiet < self.config.end_timeout:
             return
         if not self.queue.idle():
             return
@@ -461,9 +470,13 @@ class DepthNodeBase(_Node):  # type: ignore[misc,valid-type]
         self.refresh_counters()
         c = self.counters
         lost = max(0, sent - received)
+        dropped_unpaired, waiting = self.unpaired()
         problems = []
         if lost:
             problems.append(f"{lost} of {sent} {self.INPUT}s never arrived")
+        if dropped_unpaired or waiting:
+            problems.append(f"{dropped_unpaired + waiting} {self.INPUT}s without their partner messages "
+                            f"({dropped_unpaired} dropped, {waiting} still waiting)")
         if c.dropped:
             problems.append(f"{c.dropped} dropped unprocessed (frame_queue {self.config.frame_queue} full)")
         if c.tf_expired:
@@ -474,7 +487,8 @@ class DepthNodeBase(_Node):  # type: ignore[misc,valid-type]
         ok = not problems
         text = (f"all {sent} {self.INPUT}s processed" if ok else "; ".join(problems)) + \
             f" ({c.processed} processed, {c.predictions} depth maps)"
-        values = [("sent", sent), ("received", received), ("lost", lost), ("predictions", c.predictions)]
+        values = [("sent", sent), ("received", received), ("lost", lost), ("unpaired", dropped_unpaired + waiting),
+                  ("predictions", c.predictions)]
         values += [(k, v) for k, v in asdict(c).items() if k != "predictions"]
         self.end_report = make_status(f"{self.get_name()}: end of stream", self.get_fully_qualified_name(),
                                       DiagnosticStatus.OK if ok else DiagnosticStatus.ERROR, text, values)

@@ -320,6 +320,9 @@ class StereoNode(DepthNodeBase):
             return
         self.submit(C.stamp_to_ns(left_msg.header.stamp), frame_id, (left_msg, left, right))
 
+    def unpaired(self) -> Tuple[int, int]:
+        return self.sync.unmatched(0), self.sync.queued(0)
+
     def input_count(self) -> Tuple[str, int]:
         return self.sync.topics[0], self.sync.received[0]
 
