@@ -34,6 +34,12 @@ def load_checkpoint(path: str) -> Mapping[str, object]:
             raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from exc
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"{path}: not a checkpoint: the file is empty")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    is_zip = magic == b"PK\x03\x04"          # torch's format since 1.6
+    if not is_zip and magic[:1] != b"\x80":     # nor a (legacy torch) pickle of protocol >= 2
+        raise CheckpointError(f"{path}: not a checkpoint (corrupt or not a checkpoint): neither a torch zip "
+                              f"archive nor a pickle (starts with {magic!r})")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols on the way to its own error
             warnings.simplefilter("ignore")
@@ -50,8 +56,6 @@ def load_checkpoint(path: str) -> Mapping[str, object]:
                               f"or corrupt): {detail}") from exc
     except Exception as exc:  # noqa: BLE001 - the legacy unpickler fails on arbitrary bytes in arbitrary ways
         first = (str(exc).splitlines() or [""])[0]
-        with open(path, "rb") as fh:
-            is_zip = fh.read(4) == b"PK\x03\x04"   # torch's zip format: the file was cut or damaged
         kind = "truncated or corrupt" if is_zip or isinstance(exc, (EOFError, zipfile.BadZipFile)) or "EOF" in first \
             else "corrupt or not a checkpoint"
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({kind}): "
