@@ -273,8 +273,7 @@ def _info_size(s, w, h):
 def _info_d(s, D):
     stamp = time.time_ns()
     s.info.publish(C.make_camera_info(s.seq.K, W, H, C.make_header(stamp, "camera"), D=D))
-    time.sleep(0.1)
-    s.send(stamp=stamp + 1000, info=False)
+    s.send(stamp=stamp, info=False)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -375,18 +374,18 @@ def test_tf_content_and_timing(live):
 def test_sizes_and_motion(live):
     def half(s):
         f = s.path[s.k % len(s.path)]
-        s.send(np.ascontiguousarray(f.image[::2, ::2]), info=False)
+        s.send(np.ascontiguousarray(f.image[::2, ::2]))
 
     def tiny(s):
-        s.send(np.zeros((3, 4, 3), np.uint8), info=False)
+        s.send(np.zeros((3, 4, 3), np.uint8))
 
     def big(s):
         import cv2
         f = s.path[s.k % len(s.path)]
-        s.send(cv2.resize(f.image, (W * 10, H * 10)), info=False)
+        s.send(cv2.resize(f.image, (W * 10, H * 10)))
 
     def other_aspect(s):
-        s.send(np.zeros((H, W * 2, 3), np.uint8), info=False)
+        s.send(np.zeros((H, W * 2, 3), np.uint8))
 
     def km_jumps(s):
         for j in range(6):
@@ -532,15 +531,40 @@ def _startup_cases(tmp: Path):
     return cases
 
 
-def test_startup_failures_are_one_line_and_an_exit_code(tmp_path):
-    cases = _startup_cases(tmp_path)
+def _one_line(out: str, why: str):
+    """The error lines of a startup (the node's INFO / WARN log lines aside) must be one, naming ``why``."""
+    errors = [ln for ln in out.splitlines() if ln.strip() and "[INFO]" not in ln and "[WARN]" not in ln]
+    return "Traceback" not in out and len(errors) == 1 and re.search(why, errors[0]) is not None
+
+
+def test_startup_failures_are_one_line_and_an_exit_code(tmp_path, capfd):
+    """Every startup case through the executables' ``main`` (``spin_node``) in this process: the exit status
+    and one line on stderr."""
+    from mvs_depth_ros.ros.mvs_node import main
+    failures = []
+    for name, params, rc, why in _startup_cases(tmp_path):
+        p = dict(device="cpu", width=W, height=H)
+        p.update(params)
+        argv = ["mvs_node", "--ros-args"] + [a for k, v in p.items() for a in ("-p", f"{k}:={v}")]
+        got = main(argv)
+        out, err = capfd.readouterr()
+        if got != rc or not _one_line(out + err, why):
+            failures.append(f"{name}: exit {got} (expected {rc}), output:\n{(out + err)[-1500:]}")
+    assert not (tmp_path / "pwned").exists(), "the unsafe pickle ran code"
+    assert not failures, "\n\n".join(failures)
+
+
+def test_startup_failures_of_the_executable(tmp_path):
+    """A few of them as a user runs the node (its own process, ``python -m``): exit status, one line."""
+    cases = [c for c in _startup_cases(tmp_path) if c[0] in (
+        "itermvs + text file", "planesweep + checkpoint", "width 2", "device cuda without a GPU",
+        "tf_backend tf2_ros not installed")]
     procs = []
     for name, params, rc, why in cases:
         p = dict(device="cpu", width=W, height=H)
         p.update(params)
         cmd = [sys.executable, "-m", "mvs_depth_ros.ros.mvs_node", "--ros-args"]
-        for k, v in p.items():
-            cmd += ["-p", f"{k}:={v}"]
+        cmd += [a for k, v in p.items() for a in ("-p", f"{k}:={v}")]
         procs.append(subprocess.Popen(cmd, env=ros_env(), cwd=str(REPO_ROOT), stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
     failures = []
@@ -551,10 +575,6 @@ def test_startup_failures_are_one_line_and_an_exit_code(tmp_path):
             proc.kill()
             failures.append(f"{name}: still running after 120 s")
             continue
-        errors = [ln for ln in out.splitlines() if ln.strip() and "[INFO]" not in ln and "[WARN]" not in ln]
-        if proc.returncode != rc:
-            failures.append(f"{name}: exit code {proc.returncode}, expected {rc}\n{out[-1500:]}")
-        elif "Traceback" in out or len(errors) != 1 or not re.search(why, errors[0]):
-            failures.append(f"{name}: expected one line naming {why!r}, got:\n{out[-1500:]}")
-    assert not (tmp_path / "pwned").exists(), "the unsafe pickle ran code"
+        if proc.returncode != rc or not _one_line(out, why):
+            failures.append(f"{name}: exit {proc.returncode} (expected {rc}), output:\n{out[-1500:]}")
     assert not failures, "\n\n".join(failures)

@@ -50,6 +50,7 @@ from .sync import PoseBuffer, TopicSync, pose_message_to_matrix
 class NodeCounters(BaseCounters):
     images: int = 0               # image messages received
     bad_poses: int = 0            # NaN / invalid pose messages or transforms
+    empty_depth: int = 0          # depth maps without a single valid pixel although the camera moved
     pose_gap_resets: int = 0
     keyframes: int = 0
 
@@ -94,8 +95,6 @@ class MvsNode(DepthNodeBase):
         self.poses: Optional[PoseBuffer] = None
         if cfg.pose_source == "tf":
             self._make_tf(cfg.world_frame, self._tf_group)
-            if self.tf is None:
-                log.error("frames get no pose (no depth) until restarted with pose_source:=pose or odometry")
         else:
             self.poses = PoseBuffer(cfg.pose_tolerance, max_size=2000)
             mtype, topic = (PoseStamped, "pose") if cfg.pose_source == "pose" else (Odometry, "odometry")
@@ -133,7 +132,10 @@ class MvsNode(DepthNodeBase):
             self.counters.rejected_corrupt += 1
             self._warn("frame_id", "image has an empty header.frame_id and no camera_frame parameter is set")
             return
-        self.submit(C.stamp_to_ns(msg.header.stamp), frame_id, (msg, info, rgb))
+        intrinsics = self.camera_info(info)
+        if intrinsics is None:
+            return
+        self.submit(C.stamp_to_ns(msg.header.stamp), frame_id, (msg, intrinsics, rgb))
 
     def input_count(self) -> Tuple[str, int]:
         return self.sync.topics[0], self.sync.received[0]
@@ -160,15 +162,8 @@ class MvsNode(DepthNodeBase):
     def process(self, item: Pending) -> None:
         cfg = self.config
         t_start = time.perf_counter()
-        msg, info_msg, rgb = item.msgs
+        msg, (K, (iw, ih), _), rgb = item.msgs
         stamp, frame_id = item.stamp, item.frame_id
-        try:
-            K, (iw, ih), D = C.camera_info_to_K(info_msg)
-        except C.ConversionError as exc:
-            self.counters.rejected_corrupt += 1
-            self._warn("camera_info", f"camera_info rejected: {exc}")
-            return
-        self.check_distortion(D)
         h, w = rgb.shape[:2]
         if (iw, ih) != (w, h):
             if iw > 0 and ih > 0 and abs(iw / ih - w / h) < 1e-3:
@@ -200,14 +195,34 @@ class MvsNode(DepthNodeBase):
         self.counters.keyframes = self.pipeline.counters.keyframes
         if step.result is None:
             return
+        self._check_empty(step)
         t_pub = time.perf_counter()
         self._publish(msg, step, T, frame_id)
         self.published(stamp, t_start, step.compute_ms, (time.perf_counter() - t_pub) * 1e3)
 
+    def _check_empty(self, step) -> None:
+        """A depth map without one valid pixel from a moving camera means implausible poses (a jump, a wrong
+        scale, a frame far from the world origin): counted and warned instead of silently publishing NaN."""
+        if np.isfinite(step.result.depth).any():
+            return
+        ref = step.frame.T_world_cam
+        if ref is None:
+            return
+        moved = [float(np.linalg.norm(m.T_world_cam[:3, 3] - ref[:3, 3])) for m in step.measurements
+                 if m.T_world_cam is not None]
+        if not moved or max(moved) <= 0:
+            return
+        self.counters.empty_depth += 1
+        self._warn("empty_depth", f"depth at {step.frame.stamp / 1e9:.6f}s is all NaN although the camera moved "
+                                  f"{max(moved):.3g} m from its measurement frame(s) (camera at "
+                                  f"{np.round(ref[:3, 3], 3).tolist()} m in {self.config.world_frame!r}): "
+                                  f"implausible poses (jumps, scale, or a depth range of "
+                                  f"{self.config.min_depth:g}-{self.config.max_depth:g} m that misses the scene)")
+
     def _pose_gap_reset(self, stamp: int) -> None:
         self.counters.pose_gap_resets += 1
-        self.get_logger().warning(f"no pose for {(stamp - self._last_pose_stamp) / 1e9:.2f}s: keyframes and "
-                                  f"recurrent state reset")
+        self._event("pose_gap", f"no pose for {(stamp - self._last_pose_stamp) / 1e9:.2f}s: keyframes and "
+                                f"recurrent state reset")
         self.pipeline.reset()
 
     def _publish(self, msg: Image, step, T: np.ndarray, frame_id: str) -> None:

@@ -16,8 +16,11 @@ def spin_node(factory: Callable[[], object], name: str, argv: Optional[List[str]
     GIL samples in ``Future.done``; the one-process HoloLens eval-bag evaluated 6 keyframes with it, 139
     with a single-threaded executor).
 
-    Invalid parameters (``ParameterError``) exit with status 2 and the reason; the node's counters are
-    logged on the way out. ``large_messages`` tunes the allocator for multi-MB image/cloud messages.
+    Startup failures are one line on stderr and a non-zero exit, no traceback: invalid parameters
+    (``ParameterError``) exit with status 2, anything else the node cannot start with (a corrupt or
+    mismatched checkpoint, an unavailable device or tf backend) with status 1; ``MVS_DEPTH_ROS_DEBUG=1``
+    adds the traceback. The node's counters are logged on the way out. ``large_messages`` tunes the
+    allocator for multi-MB image/cloud messages.
     """
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -30,13 +33,15 @@ def spin_node(factory: Callable[[], object], name: str, argv: Optional[List[str]
     rclpy.init(args=sys.argv if argv is None else argv)
     node = None
     try:
-        node = factory()
+        try:
+            node = factory()
+        except (KeyboardInterrupt, ExternalShutdownException):
+            return 0
+        except Exception as exc:  # noqa: BLE001 - every startup failure is one clear line
+            return _startup_failure(name, exc, 2 if isinstance(exc, ParameterError) else 1)
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
-    except ParameterError as exc:
-        print(f"{name}: invalid parameters: {exc}", file=sys.stderr)
-        return 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
@@ -47,3 +52,19 @@ def spin_node(factory: Callable[[], object], name: str, argv: Optional[List[str]
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def _startup_failure(name: str, exc: BaseException, code: int) -> int:
+    """Print why the node cannot start as one line (the exception type only where the message alone is not
+    self-explanatory) and return the exit status."""
+    import os
+    from .params import ParameterError
+
+    text = " | ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    known = isinstance(exc, (ParameterError, RuntimeError, ValueError, OSError))
+    what = "invalid parameters" if isinstance(exc, ParameterError) else "cannot start"
+    print(f"{name}: {what}: {text if known else f'{type(exc).__name__}: {text}'}", file=sys.stderr, flush=True)
+    if os.environ.get("MVS_DEPTH_ROS_DEBUG"):
+        import traceback
+        traceback.print_exception(exc)
+    return code

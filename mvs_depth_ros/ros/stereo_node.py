@@ -179,6 +179,8 @@ class StereoConfig:
     sync_backend: str
     end_of_bag_topic: str
     end_timeout: float
+    tf_max_future: float
+    diagnostics_window: float
 
     def __post_init__(self) -> None:
         try:
