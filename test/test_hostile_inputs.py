@@ -92,6 +92,8 @@ class Stream:
             self.info.publish(C.make_camera_info(self.seq.K if K is None else K, W, H, C.make_header(stamp, frame)))
         if msg is None:
             msg = C.array_to_image(f.image if img is None else img, encoding, C.make_header(stamp, frame))
+        else:  # a hand-made message: the stamp of its camera_info and transform
+            msg.header = C.make_header(stamp, frame)
         self.image.publish(msg)
         return stamp
 
@@ -323,6 +325,14 @@ def _late_tf(s):
     s.tf.publish(s.tf_msg(f.T_world_cam, stamp))
 
 
+def _duplicate(s):
+    """A frame, and once it has been processed, the same frame again (a driver re-sending)."""
+    n = s.counter("processed")
+    stamp = s.send()
+    s.wait(lambda: s.counter("processed") > n)
+    s.send(stamp=stamp, T=False)
+
+
 def test_tf_content_and_timing(live):
     rej = "tf_rejected"
     cases = [
@@ -345,8 +355,7 @@ def test_tf_content_and_timing(live):
         ("image stamp 0", lambda s: s.send(stamp=0, T=False), "stamp_invalid", "stamp 0"),
         ("image stamp backwards", lambda s: s.send(stamp=time.time_ns() - S // 5), "stamp_backwards",
          "not after the previous"),
-        ("same stamp twice", lambda s: [s.send(stamp=st, T=False) for st in [s.send()] * 1], "stamp_backwards",
-         "not after the previous"),
+        ("same stamp twice", _duplicate, "stamp_backwards", "not after the previous"),
         ("bag loop: stamps 100 s back", lambda s: s.send(stamp=time.time_ns() - 100 * S), "time_jumps",
          "jumped back"),
     ]
@@ -391,7 +400,7 @@ def test_sizes_and_motion(live):
         for j in range(6):
             f = s.path[s.k % len(s.path)]
             T = np.array(f.T_world_cam, dtype=np.float64)
-            T[0, 3] += 1000.0 * (j % 2)
+            T[0, 3] += 1000.0 * (j + 1)
             s.send(T=T)
             time.sleep(0.08)
 
@@ -403,13 +412,24 @@ def test_sizes_and_motion(live):
             s.send(T=T)
             time.sleep(0.08)
 
+    def turn_around(s):
+        import transforms3d.axangles as ta
+        for j in range(6):
+            f = s.path[s.k % len(s.path)]
+            T = np.array(f.T_world_cam, dtype=np.float64)
+            if j % 2:
+                T[:3, :3] = T[:3, :3] @ ta.axangle2mat([0, 1, 0], np.pi)
+            s.send(T=T)
+            time.sleep(0.08)
+
     cases = [
         ("half-size image (binned)", half, "size_changes", "size changed"),
         ("4x3 image", tiny, "size_changes", "size changed"),
         ("10x larger image", big, "size_changes", "size changed"),
         ("image of another aspect than camera_info", other_aspect, "camera_info_mismatch", "does not match"),
-        ("poses 1 km apart per frame", km_jumps, "empty_depth", "all NaN"),
-        ("camera 500 km away moving 100 m per frame", far_away, "empty_depth", "all NaN"),
+        ("poses 1 km apart per frame", km_jumps, "implausible_baseline", "cannot overlap"),
+        ("camera 500 km away moving 100 m per frame", far_away, "implausible_baseline", "cannot overlap"),
+        ("camera turning 180 degrees between frames", turn_around, "empty_depth", "all NaN"),
     ]
     failures = run_cases(live, cases)
     # a camera standing still makes no new keyframes: no depth, no error, and depth once it moves
@@ -474,6 +494,7 @@ def test_diagnostics_recover_to_ok(live):
     """After all the cases above, one second of good input brings the level back to OK while the lifetime
     counters keep their values."""
     from diagnostic_msgs.msg import DiagnosticStatus
+    n = live.counter("rejected_encoding")
     live.send(np.zeros((H, W), np.float32), encoding="32FC1")
     assert live.wait(lambda: live.level == DiagnosticStatus.WARN[0] and "32FC1" in live.message), live.message
     t_end = time.monotonic() + 2.5
@@ -481,7 +502,7 @@ def test_diagnostics_recover_to_ok(live):
         live.send()
         time.sleep(0.07)
     assert live.wait(lambda: live.level == DiagnosticStatus.OK[0], 5), (live.level, live.message)
-    assert live.counter("rejected_encoding") >= 4 and live.counter("tf_rejected") >= 5
+    assert live.counter("rejected_encoding") == n + 1    # the lifetime counter keeps its value
 
 
 # ------------------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ class NodeCounters(BaseCounters):
     images: int = 0               # image messages received
     bad_poses: int = 0            # NaN / invalid pose messages or transforms
     empty_depth: int = 0          # depth maps without a single valid pixel although the camera moved
+    implausible_baseline: int = 0  # depth from measurement frames farther than max_depth (cannot overlap)
     pose_gap_resets: int = 0
     keyframes: int = 0
 
@@ -201,23 +202,27 @@ class MvsNode(DepthNodeBase):
         self.published(stamp, t_start, step.compute_ms, (time.perf_counter() - t_pub) * 1e3)
 
     def _check_empty(self, step) -> None:
-        """A depth map without one valid pixel from a moving camera means implausible poses (a jump, a wrong
-        scale, a frame far from the world origin): counted and warned instead of silently publishing NaN."""
-        if np.isfinite(step.result.depth).any():
-            return
+        """Implausible motion is counted and warned instead of silently publishing nonsense: measurement frames
+        farther from the reference than ``max_depth`` cannot see the same scene (a pose jump, a wrong scale),
+        and a depth map without one valid pixel although the camera moved (it turned away, poses wrong)."""
         ref = step.frame.T_world_cam
         if ref is None:
             return
         moved = [float(np.linalg.norm(m.T_world_cam[:3, 3] - ref[:3, 3])) for m in step.measurements
                  if m.T_world_cam is not None]
-        if not moved or max(moved) <= 0:
+        if not moved:
             return
-        self.counters.empty_depth += 1
-        self._warn("empty_depth", f"depth at {step.frame.stamp / 1e9:.6f}s is all NaN although the camera moved "
-                                  f"{max(moved):.3g} m from its measurement frame(s) (camera at "
-                                  f"{np.round(ref[:3, 3], 3).tolist()} m in {self.config.world_frame!r}): "
-                                  f"implausible poses (jumps, scale, or a depth range of "
-                                  f"{self.config.min_depth:g}-{self.config.max_depth:g} m that misses the scene)")
+        where = (f"camera at {np.round(ref[:3, 3], 3).tolist()} m in {self.config.world_frame!r}, depth at "
+                 f"{step.frame.stamp / 1e9:.6f}s")
+        if max(moved) > self.config.max_depth:
+            self.counters.implausible_baseline += 1
+            self._warn("baseline", f"measurement frame(s) {max(moved):.4g} m from the reference, more than max_depth "
+                                   f"{self.config.max_depth:g} m: the views cannot overlap, the depth is unreliable "
+                                   f"(pose jumps or a wrong scale?); {where}")
+        if max(moved) > 0 and not np.isfinite(step.result.depth).any():
+            self.counters.empty_depth += 1
+            self._warn("empty_depth", f"depth is all NaN although the camera moved {max(moved):.3g} m from its "
+                                      f"measurement frame(s) (turned away, or implausible poses); {where}")
 
     def _pose_gap_reset(self, stamp: int) -> None:
         self.counters.pose_gap_resets += 1
