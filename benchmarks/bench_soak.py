@@ -158,6 +158,8 @@ def main():
            "node_images": int(diag.get("images", 0)), "processed": int(diag.get("processed", 0)),
            "dropped": int(diag.get("dropped", 0)), "predictions": int(diag.get("predictions", 0)),
            "depth_received": len(lat), "points_received": n_points[0],
+           "compute_ms_mean": float(diag.get("compute_ms_mean", "nan")),
+           "heap_trim_ms_max": float(diag.get("heap_trim_ms_max", "nan")),
            "rss_start_mib": samples[0][3], "rss_after_warmup_mib": ys[0] if ys else None,
            "rss_end_mib": samples[-1][3],
            "growth_mib_per_1000_frames_fit": slope_per_1000(xs, ys),
@@ -170,7 +172,8 @@ def main():
             res["latency_per_minute"][minute] = percentiles(v)
     print(f"\nnode: {res['node_images']} images received, {res['processed']} processed, {res['dropped']} dropped "
           f"(latest frame wins), {res['predictions']} depth maps; here: {res['depth_received']} depth, "
-          f"{res['points_received']} points")
+          f"{res['points_received']} points; model {res['compute_ms_mean']:.1f} ms/frame (mean of the last 100), "
+          f"heap trim {res['heap_trim_ms_max']:.1f} ms (max of the last 10)")
     print(f"RSS: start {res['rss_start_mib']:.1f} MiB, after {args.warmup} frames {res['rss_after_warmup_mib']:.1f} MiB, "
           f"end {res['rss_end_mib']:.1f} MiB")
     print(f"growth after warm-up: {res['growth_mib_per_1000_frames_fit']:+.3f} MiB / 1000 frames (fit), "

@@ -97,6 +97,29 @@ def tune_allocator_for_large_messages(mmap_threshold: int = 32 << 20, trim_thres
     return ok
 
 
+_LIBC = None
+
+
+def trim_heap() -> bool:
+    """Give the heap's free pages back to the OS (glibc ``malloc_trim(0)``); False where it does not apply.
+
+    With :func:`tune_allocator_for_large_messages` the heap keeps freed multi-MB buffers for reuse (its trim
+    threshold is high), so RSS ratchets up to the highest number of image / cloud buffers ever alive at once
+    (threads overlapping: DDS receiving while the worker publishes) and stays there: a soak sees growth in
+    steps that looks like a leak. The nodes call this every ``trim_period`` seconds, which keeps RSS at the
+    live working set; between calls the heap still reuses its pages.
+    """
+    global _LIBC
+    try:
+        if _LIBC is None:
+            import ctypes
+            _LIBC = ctypes.CDLL("libc.so.6")
+        _LIBC.malloc_trim(0)
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
 def _bytes_array(arr: np.ndarray) -> array.array:
     """One copy of ``arr``'s bytes into the type rclpy's uint8[] setter accepts without validation."""
     out = array.array("B")

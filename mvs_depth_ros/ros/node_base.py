@@ -291,6 +291,7 @@ class DepthNodeBase(_Node):  # type: ignore[misc,valid-type]
         self._rate_in, self._rate_out = RateWindow(), RateWindow()
         self._latency, self._compute, self._overhead, self._publish_ms = Stats(), Stats(), Stats(), Stats()
         self._queue_wait, self._pose_wait = Stats(), Stats()
+        self._last_trim, self._trim_ms = time.monotonic(), Stats(10)
         self._last_error = ""
         self.tf = None
         self.tf_backend = "off"
@@ -554,6 +555,7 @@ class DepthNodeBase(_Node):  # type: ignore[misc,valid-type]
                   ("node_overhead_ms_max", ovh_max), ("publish_ms_mean", self._publish_ms.summary()[0]),
                   ("queue_wait_ms_mean", self._queue_wait.summary()[0]),
                   ("pose_wait_ms_mean", self._pose_wait.summary()[0]),
+                  ("heap_trim_ms_max", self._trim_ms.summary()[1]),
                   ("waiting_for_pose", waiting), ("waiting_for_worker", queued), ("busy", busy),
                   ("tf_backend", self.tf_backend)]
         values += extra_values
@@ -566,6 +568,11 @@ class DepthNodeBase(_Node):  # type: ignore[misc,valid-type]
 
     def publish_diagnostics(self) -> None:
         publish_status(self, self.pub_diag, self.diagnostic_status())
+        now = time.monotonic()
+        if self.config.trim_period > 0 and now - self._last_trim >= self.config.trim_period:
+            self._last_trim = now
+            C.trim_heap()
+            self._trim_ms.add((time.monotonic() - now) * 1e3)
 
     # ------------------------------------------------------------------------------------ lifecycle
     def idle(self) -> bool:

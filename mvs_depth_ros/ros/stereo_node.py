@@ -181,6 +181,7 @@ class StereoConfig:
     end_timeout: float
     tf_max_future: float
     diagnostics_window: float
+    trim_period: float
 
     def __post_init__(self) -> None:
         try:
