@@ -373,3 +373,22 @@ def test_runner_stereo_profile_runs_the_stereo_node(stereo_bag):
         a = C.image_to_array(m.image)
         ok = (a >= m.min_disparity) & np.isfinite(f.disparity_gt)
         assert ok.mean() > 0.6 and np.abs(a[ok] - f.disparity_gt[ok]).mean() < 0.5
+
+
+def test_stamp_sync_sets_of_three_inputs():
+    """The own matcher behind sync_backend:=builtin for more than two topics: a set forms when every input has
+    a message of the stamp (approximate: the nearest within the tolerance); older strays are dropped, counted."""
+    from mvs_depth_ros.ros.sync import StampSync
+    s = StampSync(3, approximate=True, tolerance_s=2e-3, queue_size=3)
+    assert s.add(0, 1_000_000_000, "a0") is None
+    assert s.add(1, 1_001_000_000, "b0") is None
+    assert s.add(2, 1_500_000_000, "c-stray") is None             # no partner within 2 ms
+    assert s.add(2, 999_500_000, "c0") == (1_000_000_000, "a0", "b0", "c0")
+    assert s.pending() == (0, 0, 1) and s.dropped == [0, 0, 0]     # the later stray may still pair
+    assert s.add(0, 2_000_000_000, "a1") is None
+    assert s.add(1, 2_000_000_000, "b1") is None
+    assert s.add(2, 2_000_000_000, "c1") == (2_000_000_000, "a1", "b1", "c1")
+    assert s.dropped == [0, 0, 1] and s.matched == 2                # 1.5 s can no longer be paired
+    for t in range(5):
+        s.add(0, 3_000_000_000 + t * 10**8, t)
+    assert s.pending()[0] == 3 and s.dropped[0] == 2               # queue_size bounds what waits

@@ -2,7 +2,9 @@
 
 Subscribes (best effort by default, REP 2003; ``qos_reliability`` overrides):
 
-* ``image`` (sensor_msgs/Image rgb8 / bgr8 / mono8, **rectified**), ``camera_info`` (latest kept);
+* ``image`` (sensor_msgs/Image rgb8 / bgr8 / mono8, **rectified**) with the ``camera_info`` of its stamp (as
+  image_transport's CameraSubscriber; ``approximate_sync`` for drivers whose stamps differ), paired by
+  ``message_filters`` when importable, else by the package's own matcher (``sync_backend``);
 * poses: TF ``world_frame`` <- camera optical frame at the image stamp (``pose_source: tf``, default;
   ``/tf`` + transient-local ``/tf_static``), or ``pose`` (geometry_msgs/PoseStamped) or ``odometry``
   (nav_msgs/Odometry) matched by stamp within ``pose_tolerance`` (the camera optical frame's pose).
@@ -15,9 +17,12 @@ Publishes, stamped with the input image's stamp and frame (REP 103/105/118), rel
 * ``/diagnostics`` (diagnostic_msgs/DiagnosticArray): rates, latency, drops, rejections, TF failures, device.
 
 The node only converts: frames go to :class:`mvs_depth_ros.core.pipeline.VideoPipeline` (keyframes,
-measurement frames, recurrent state, tracking loss). Inference runs in a worker thread behind a
-latest-frame-wins slot: a slow model drops frames (counted) instead of queueing latency. Bad input is
-logged (rate limited), counted in ``/diagnostics`` and never stops the node.
+measurement frames, recurrent state, tracking loss). Around it, the skeleton shared with ``stereo_node``
+(:mod:`mvs_depth_ros.ros.node_base`): each frame waits for the pose at its stamp (``tf_timeout``; released in
+stamp order as soon as the transform arrives, dropped and counted when the wait expires), then for the
+worker thread behind a latest-frame-wins slot (``frame_queue`` 1: a slow model drops frames, counted, instead
+of queueing latency; N keeps N in order). Bad input is logged (rate limited), counted in ``/diagnostics``
+and never stops the node.
 """
 from __future__ import annotations
 
@@ -272,9 +277,12 @@ class MvsNode(DepthNodeBase):
             self.poses.clear()
 
     # ------------------------------------------------------------------------------------ diagnostics
-    def diagnostic_extra(self) -> Tuple[List[str], List[Tuple[str, Any]]]:
+    def refresh_counters(self) -> None:
         c = self.counters
         c.images, c.no_camera_info = self.sync.received[0], self.sync.unmatched(0)
+
+    def diagnostic_extra(self) -> Tuple[List[str], List[Tuple[str, Any]]]:
+        c = self.counters
         problems = []
         bad = c.rejected_encoding + c.rejected_corrupt + c.no_camera_info + c.camera_info_mismatch + c.stamp_backwards
         if bad:

@@ -244,6 +244,12 @@ def overrides(parameter_overrides: Optional[Sequence[Any]], params: Dict[str, An
     return list(parameter_overrides or []) + [Parameter(k, value=v) for k, v in params.items()]
 
 
+def steady_clock():
+    """A wall (steady) clock for timers that must run when a bag's /clock has stopped (use_sim_time)."""
+    from rclpy.clock import Clock, ClockType
+    return Clock(clock_type=ClockType.STEADY_TIME)
+
+
 def _end_qos():
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     return QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -337,7 +343,8 @@ class DepthNodeBase(_Node):  # type: ignore[misc,valid-type]
             self._end_pub = self.create_publisher(DiagnosticStatus, "end_of_stream", _end_qos())
             self.create_subscription(DiagnosticStatus, cfg.end_of_bag_topic, self._on_end_of_bag, _end_qos(),
                                      callback_group=group)
-            self._end_timer = self.create_timer(0.2, self._check_end, callback_group=group)
+            # wall time: with use_sim_time the bag's /clock stops at the end of the bag, and sim-time timers with it
+            self._end_timer = self.create_timer(0.2, self._check_end, callback_group=group, clock=steady_clock())
         self.queue = FrameQueue(resolve, self._process_item, self._on_queue_event, wait_s=cfg.tf_timeout,
                                 slot_size=cfg.frame_queue, capacity=max(1000, cfg.frame_queue), name=self.get_name())
         self.queue.start()
@@ -499,6 +506,7 @@ class DepthNodeBase(_Node):  # type: ignore[misc,valid-type]
 
     def _publish_end(self, sent: int, received: int) -> None:
         from diagnostic_msgs.msg import DiagnosticStatus
+        self.refresh_counters()
         c = self.counters
         lost = max(0, sent - received)
         problems = []
@@ -522,12 +530,16 @@ class DepthNodeBase(_Node):  # type: ignore[misc,valid-type]
         self._end_pub.publish(self.end_report)
 
     # ------------------------------------------------------------------------------------ diagnostics
+    def refresh_counters(self) -> None:
+        """Copy counts kept elsewhere (the input synchroniser's) into ``counters``."""
+
     def diagnostic_extra(self) -> Tuple[List[str], List[Tuple[str, Any]]]:
         """(node-specific problems, node-specific values)."""
         return [], []
 
     def diagnostic_status(self):
         from diagnostic_msgs.msg import DiagnosticStatus
+        self.refresh_counters()
         c = self.counters
         lat_mean, lat_max, _ = self._latency.summary()
         ovh_mean, ovh_max, _ = self._overhead.summary()

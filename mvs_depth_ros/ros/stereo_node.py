@@ -5,8 +5,8 @@ Subscribes (best effort by default, REP 2003; ``qos_reliability`` overrides):
 * ``left/image_rect``, ``right/image_rect`` (sensor_msgs/Image rgb8 / bgr8 / mono8, **rectified**), paired
   by stamp: exactly (default) or, with ``approximate_sync``, the nearest stamp within
   ``approximate_sync_tolerance_seconds``; at most ``queue_size`` unmatched images are kept per side
-  (``message_filters``' policies and ``stereo_image_proc``'s parameter names; the PyPI ROS wheels have no
-  ``message_filters``, so the node pairs stamps itself: :class:`PairSynchronizer`);
+  (``stereo_image_proc``'s parameter names; ``message_filters``' synchronisers when importable, else the
+  package's own matcher with the same policies, :class:`~mvs_depth_ros.ros.sync.StampSync`; ``sync_backend``);
 * ``left/camera_info``, ``right/camera_info`` (latest kept per side): K from the left projection P,
   baseline ``B = -Tx / fx`` from the right P (``Tx = P[0, 3] = -fx * B``), ``doffs = cx_right - cx_left``;
 * optional poses for the temporal filter's warp: TF ``world_frame`` <- the left optical frame at the
@@ -25,7 +25,8 @@ Publishes, stamped with the left image's stamp and frame (REP 103/105/118), reli
 
 The node only converts: pairs go to :class:`mvs_depth_ros.core.stereo.StereoPipeline` (estimator from
 the stereo registry, optionally wrapped in the temporal filter; state reset on stamp gaps, bag loops, size
-changes). Inference runs in a worker thread behind a latest-pair-wins slot, as in ``mvs_node``. Bad
+changes). Pairs wait for their pose (with ``world_frame``) and for the worker behind a latest-pair-wins slot,
+in the skeleton shared with ``mvs_node`` (:mod:`mvs_depth_ros.ros.node_base`). Bad
 input (unpaired images, left/right size mismatch, missing camera_info, bad calibration, unsupported
 encodings, stamps going backwards) is logged (rate limited), counted in ``/diagnostics`` and never stops
 the node.
@@ -430,10 +431,13 @@ class StereoNode(DepthNodeBase):
                 dense=cfg.points_dense, stride=cfg.points_stride, max_range=cfg.points_max_range))
 
     # ------------------------------------------------------------------------------------ diagnostics
-    def diagnostic_extra(self) -> Tuple[List[str], List[Tuple[str, Any]]]:
+    def refresh_counters(self) -> None:
         c = self.counters
         c.left_images, c.right_images = self.sync.received
         c.pairs, c.unsynchronized = self.sync.matched, self.sync.unmatched(0) + self.sync.unmatched(1)
+
+    def diagnostic_extra(self) -> Tuple[List[str], List[Tuple[str, Any]]]:
+        c = self.counters
         problems = []
         bad = (c.rejected_encoding + c.rejected_corrupt + c.no_camera_info + c.camera_info_mismatch
                + c.bad_calibration + c.size_mismatch + c.stamp_backwards)
