@@ -538,7 +538,6 @@ class DepthNodeBase(_Node):  # type: ignore[misc,valid-type]
         return [], []
 
     def diagnostic_status(self):
-        from diagnostic_msgs.msg import DiagnosticStatus
         self.refresh_counters()
         c = self.counters
         lat_mean, lat_max, _ = self._latency.summary()
