@@ -249,3 +249,16 @@ def test_disconnection_heals_and_samples_are_bounded():
     for k in range(1000):
         b.set_transform("odom", "camera_link", T0 + 3 * S + k * S // 1000, np.eye(4))
     assert len(b._dynamic["camera_link"].stamps) <= 100
+
+
+def test_parent_bookkeeping_follows_inserts_and_pruning():
+    b = TfBuffer(cache_time_s=1, max_gap_s=0.5, clock=None)
+    b.set_transform("odom", "cam", T0, np.eye(4))
+    b.set_transform("stray", "cam", T0 + S // 10, np.eye(4))
+    b.set_transform("stray", "cam", T0 + S // 10, np.eye(4))      # the same stamp again: replaced, not added
+    b.set_transform("odom", "cam", T0 + S // 10, np.eye(4))       # ... and re-parented at that stamp
+    assert b._dynamic["cam"].parent_count == {"odom": 2}
+    b.set_transform("stray", "cam", T0 + S // 5, np.eye(4))
+    assert b.frames() == ["cam", "odom", "stray"]
+    b.note_reference(T0 + 3 * S)                                   # everything older than the cache: gone
+    assert b.frames() == []

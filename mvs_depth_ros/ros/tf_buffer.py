@@ -89,27 +89,40 @@ class _Timeline:
     parents: List[str] = field(default_factory=list)
     quats: List[np.ndarray] = field(default_factory=list)
     trans: List[np.ndarray] = field(default_factory=list)
+    parent_count: Dict[str, int] = field(default_factory=dict)   # samples per parent (the frames it names)
+
+    def _count(self, parents, d: int) -> None:
+        for p in parents:
+            n = self.parent_count.get(p, 0) + d
+            if n:
+                self.parent_count[p] = n
+            else:
+                del self.parent_count[p]
 
     def insert(self, stamp: int, parent: str, q: np.ndarray, t: np.ndarray) -> None:
         i = bisect.bisect_left(self.stamps, stamp)
         if i < len(self.stamps) and self.stamps[i] == stamp:
+            self._count((self.parents[i],), -1)
             self.parents[i], self.quats[i], self.trans[i] = parent, q, t
         else:
             self.stamps.insert(i, stamp)
             self.parents.insert(i, parent)
             self.quats.insert(i, q)
             self.trans.insert(i, t)
+        self._count((parent,), 1)
 
     def prune(self, lo: Optional[int] = None, hi: Optional[int] = None, max_samples: int = 0) -> None:
         """Drop samples before ``lo``, after ``hi``, and the oldest beyond ``max_samples``."""
         if hi is not None:
             j = bisect.bisect_right(self.stamps, hi)
             if j < len(self.stamps):
+                self._count(self.parents[j:], -1)
                 del self.stamps[j:], self.parents[j:], self.quats[j:], self.trans[j:]
         cut = bisect.bisect_left(self.stamps, lo) if lo is not None else 0
         if max_samples:
             cut = max(cut, len(self.stamps) - max_samples)
         if cut > 0:
+            self._count(self.parents[:cut], -1)
             del self.stamps[:cut], self.parents[:cut], self.quats[:cut], self.trans[:cut]
 
     def edge_at(self, stamp: int, max_gap: int, child: str):
@@ -249,7 +262,7 @@ class TfBuffer:
         with self._cv:
             names = set(self._dynamic) | set(self._static) | {s.parent for s in self._static.values()}
             for tl in self._dynamic.values():
-                names.update(tl.parents)
+                names.update(tl.parent_count)
             return sorted(names)
 
     def _edge(self, frame: str, stamp: int):
@@ -301,7 +314,7 @@ class TfBuffer:
         target, source = target.lstrip("/"), source.lstrip("/")
         known = set(self._dynamic) | set(self._static) | {s.parent for s in self._static.values()}
         for tl in self._dynamic.values():
-            known.update(tl.parents)
+            known.update(tl.parent_count)
         for f in (target, source):
             if f not in known:
                 raise UnknownFrameError(f"frame {f!r} does not exist in the tf tree "
