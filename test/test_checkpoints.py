@@ -72,5 +72,35 @@ def test_missing_and_garbage_files(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.ckpt")
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(CheckpointError, match="not a readable torch checkpoint|refused"):
+    with pytest.raises(CheckpointError, match="not a checkpoint|not a readable torch checkpoint|refused"):
         load_checkpoint(tmp_path / "junk.ckpt")
+
+
+def test_every_unusable_checkpoint_is_one_clear_checkpoint_error(tmp_path):
+    """What a user mistypes or a disk corrupts: one CheckpointError naming the problem, never an IndexError /
+    KeyError from deep inside the unpickler (issue 14)."""
+    from mvs_depth_ros.models.registry import create_model
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    good = tmp_path / "other_net.ckpt"
+    torch.save({"model": net.state_dict()}, good)
+    data = good.read_bytes()
+    (tmp_path / "truncated.ckpt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.ckpt").write_text("model weights go here\n" * 10)
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    expect = {"truncated.ckpt": "truncated or corrupt", "text.ckpt": "corrupt or not a checkpoint",
+              "empty.ckpt": "the file is empty", "other_net.ckpt": "does not match"}
+    for model in ("itermvs", "patchmatchnet"):
+        for name, why in expect.items():
+            with pytest.raises(CheckpointError, match=why) as err:
+                create_model(model, str(tmp_path / name), "cpu")
+            assert "\n" not in str(err.value).strip() or name == "other_net.ckpt"
+    with pytest.raises(CheckpointError, match="planesweep' has no weights.*would be ignored"):
+        create_model("planesweep", str(good), "cpu")
+
+
+def test_unavailable_device_is_a_clear_error():
+    from mvs_depth_ros.models.base import resolve_device
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: device=cuda is available")
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        resolve_device("cuda")

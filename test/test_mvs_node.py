@@ -217,8 +217,9 @@ def test_depth_points_and_estimate_from_tf(tf_node, seq):
     d = _diag(probe, diag)
     assert int(d["errors"]) == 0, d
     assert float(d["latency_ms_mean"]) > 0 and d["device"] == "cpu" and d["model"] == "planesweep"
-    last = diag[-1][1].status[0]
-    assert last.level in (b"\x01", 1), "problems must show as WARN"
+    # the level reflects the recent window (test_hostile_inputs checks it returns to OK): the problems above
+    # showed as WARN while they were recent
+    assert any(m.status and m.status[0].level in (b"\x01", 1) for _, m in diag), "problems must show as WARN"
 
 
 def test_pose_topic_source_and_16uc1(seq):

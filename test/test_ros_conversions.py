@@ -103,6 +103,39 @@ def test_pose_round_trip_and_nan():
     tr = C.matrix_to_transform(T)
     tr.rotation.w *= 2; tr.rotation.x *= 2; tr.rotation.y *= 2; tr.rotation.z *= 2  # noqa: E702
     np.testing.assert_allclose(C.transform_to_matrix(tr), T, atol=1e-12)
+    # quaternions whose norm overflows / underflows still normalise (not to the identity)
+    for scale in (1e200, 1e-200, 1e300):
+        tr = C.matrix_to_transform(T)
+        tr.rotation.w *= scale; tr.rotation.x *= scale; tr.rotation.y *= scale; tr.rotation.z *= scale  # noqa: E702
+        np.testing.assert_allclose(C.transform_to_matrix(tr), T, atol=1e-12)
+    tr = C.matrix_to_transform(np.eye(4))
+    tr.rotation.w, tr.rotation.x = 1e200, 1e200   # 90 degrees about x, not the identity
+    np.testing.assert_allclose(C.transform_to_matrix(tr)[:3, :3], [[1, 0, 0], [0, 0, -1], [0, 1, 0]], atol=1e-12)
+    tr.rotation.w = float("inf")
+    with pytest.raises(C.ConversionError, match="non-finite"):
+        C.transform_to_matrix(tr)
+    # translations beyond physical bounds
+    for far in (1e300, -2e6):
+        tr = C.matrix_to_transform(T)
+        tr.translation.y = far
+        with pytest.raises(C.ConversionError, match="beyond physical bounds"):
+            C.transform_to_matrix(tr)
+    p = C.matrix_to_pose(T)
+    p.position.z = 1e300
+    with pytest.raises(C.ConversionError, match="beyond physical bounds"):
+        C.pose_to_matrix(p)
+
+
+def test_camera_info_beyond_physical_bounds():
+    for i, v in ((0, 1e300), (4, 2e6), (2, -5e6)):
+        msg = C.make_camera_info(K, 80, 60)
+        k = list(msg.k)
+        k[i] = v
+        msg.k = k
+        with pytest.raises(C.ConversionError, match="beyond physical bounds"):
+            C.camera_info_to_K(msg)
+    msg = C.make_camera_info(K * [[1e3], [1e3], [1]], 80, 60)   # a long lens: accepted
+    assert C.camera_info_to_K(msg)[0][0, 0] == pytest.approx(1e5)
 
 
 def test_pointcloud_organised_with_colour_and_confidence():

@@ -266,7 +266,9 @@ def test_bad_input_is_counted_and_never_fatal(pairs, sync_backend):
             assert proc.alive(), proc.output()[-3000:]
             d = _diag(diag)
             assert int(d["errors"]) == 0 and d["sync_backend"] == sync_backend, d
-            assert diag[-1][1].status[0].level in (b"\x01", 1), "problems must show as WARN"
+            # the level reflects the recent window: the problems above showed as WARN while they were recent
+            assert any(m.status and m.status[0].level in (b"\x01", 1) for _, m in diag), \
+                "problems must show as WARN"
         finally:
             probe.close()
 

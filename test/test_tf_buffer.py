@@ -139,3 +139,126 @@ def test_pose_messages_to_matrix():
     ps = C.make_pose_stamped(T, "odom", 3 * S)
     assert pose_message_to_matrix(ps)[0] == 3 * S
     np.testing.assert_allclose(pose_message_to_matrix(ps)[2], T, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# a buffer no single message can poison (issue 14): each case recovers within one second of good TF
+# ------------------------------------------------------------------------------------------------
+T0 = 1_700_000_000 * S   # a live-looking stamp
+HZ = 30
+
+
+def _truth(k):
+    return rt([0, 0, 1], 0.01 * k, [0.02 * k, 0.01 * k, 0.0])
+
+
+def _stream(b, ks, parent="odom", child="camera_link", clock=None):
+    """Good TF at 30 Hz (sample k at T0 + k/30 s); before each sample, the node's image lookup one sample back
+    (``note_reference`` + lookup, like BuiltinLookup). Returns the ks whose lookup failed."""
+    failed = []
+    for k in ks:
+        stamp = T0 + k * S // HZ
+        if clock is not None:
+            clock[0] = stamp
+        b.set_transform(parent, child, stamp, _truth(k))
+        img = stamp - S // (2 * HZ)   # an image between the last two samples
+        b.note_reference(img)
+        try:
+            T = b.lookup(parent, child, img)
+            np.testing.assert_allclose(T[:3, 3], (_truth(k - 1)[:3, 3] + _truth(k)[:3, 3]) / 2, atol=1e-9)
+        except Exception:  # noqa: BLE001 - any failure counts
+            failed.append(k)
+    return failed
+
+
+def test_far_future_transform_is_rejected_and_never_prunes_good_data():
+    from mvs_depth_ros.ros.tf_buffer import FutureStampError
+    clock = [T0]
+    b = TfBuffer(cache_time_s=10, max_gap_s=0.5, max_future_s=5, clock=lambda: clock[0])
+    assert _stream(b, range(1, 30), clock=clock) == [1]        # the first image has no sample before it
+    with pytest.raises(FutureStampError, match="after the reference time"):
+        b.set_transform("odom", "camera_link", 2147483646 * S, _truth(0))
+    with pytest.raises(FutureStampError):                        # 6 s ahead of the clock: beyond the bound
+        b.set_transform("odom", "camera_link", T0 + 36 * S, _truth(0))
+    b.set_transform("odom", "camera_link", clock[0] + 4 * S, _truth(0))  # within the bound: kept, but harmless
+    assert _stream(b, range(30, 90), clock=clock) == []
+    # no clock (sim time before the first /clock): the newest image stamp is the reference
+    b = TfBuffer(cache_time_s=10, max_gap_s=0.5, clock=None)
+    assert _stream(b, range(1, 30)) == [1]
+    with pytest.raises(FutureStampError):
+        b.set_transform("odom", "camera_link", 2147483646 * S, _truth(0))
+    assert _stream(b, range(30, 90)) == []
+    # no reference at all yet (TF before the first image, no clock): the outlier is accepted, and the first
+    # image stamp drops it; good data works again from the third image on
+    b = TfBuffer(cache_time_s=10, max_gap_s=0.5, clock=None)
+    b.set_transform("odom", "camera_link", T0, _truth(0))
+    b.set_transform("odom", "camera_link", 2147483646 * S, _truth(0))
+    assert _stream(b, range(1, 60)) == [1, 2]
+    assert b._dynamic["camera_link"].stamps[-1] == T0 + 59 * S // HZ
+
+
+def test_reversed_edge_loop_heals_within_one_second():
+    b = TfBuffer(cache_time_s=10, max_gap_s=0.5, clock=None)
+    assert _stream(b, range(1, 30)) == [1]
+    s = T0 + 29 * S // HZ + S // 100
+    b.set_transform("camera_link", "odom", s, np.linalg.inv(_truth(29)))   # one reversed message
+    with pytest.raises(ConnectivityError, match="loop"):
+        b.lookup("odom", "camera_link", s)
+    failed = _stream(b, range(30, 30 + 9 * HZ))                             # 9 s of good TF
+    assert failed and max(failed) < 30 + HZ, f"frames without a pose {failed}: must heal within 1 s"
+
+
+def test_reparented_frames_follow_the_latest_parent_and_stray_parents_age_out():
+    b = TfBuffer(cache_time_s=10, max_gap_s=0.5, clock=None)
+    T_opt = rt([1, 0, 0], -np.pi / 2, [0, 0.05, 0])
+    b.set_transform("camera_link", "camera_optical", 0, T_opt, static=True)
+    assert _stream(b, range(1, 30)) == [1]
+    s = T0 + 29 * S // HZ + S // 100
+    b.set_transform("base_wrong", "camera_optical", s, np.eye(4))           # a mis-launched publisher, once
+    b.set_transform("base_wrong", "camera_link", s + 1, np.eye(4))          # and a stray parent of camera_link
+    failed = []
+    for k in range(30, 30 + 3 * HZ):
+        stamp = T0 + k * S // HZ
+        b.set_transform("odom", "camera_link", stamp, _truth(k))
+        b.note_reference(stamp)
+        try:
+            np.testing.assert_allclose(b.lookup("odom", "camera_optical", stamp), _truth(k) @ T_opt, atol=1e-9)
+        except Exception:  # noqa: BLE001
+            failed.append(k)
+    assert failed and max(failed) < 30 + HZ, failed
+    # a real re-parenting: camera_link now hangs below base_link; the latest parent wins from its stamp on
+    t1 = T0 + 200 * S
+    b.note_reference(t1)   # images go on (a camera moved to a new mount 200 s later)
+    for k in range(5):
+        b.set_transform("odom", "base_link", t1 + k * S // 10, rt([0, 0, 1], 0, [k, 0, 0]))
+        b.set_transform("base_link", "camera_link", t1 + k * S // 10, rt([0, 0, 1], 0, [0, 0, 1]))
+    b.note_reference(t1 + S // 4)
+    np.testing.assert_allclose(b.lookup("odom", "camera_optical", t1 + S // 4)[:3, 3], [2.5, 0.05, 1], atol=1e-9)
+    assert "base_wrong" not in b.frames()   # old samples pruned with the cache window
+
+
+def test_disconnection_heals_and_samples_are_bounded():
+    b = TfBuffer(cache_time_s=2, max_gap_s=0.5, clock=None, max_samples=100)
+    assert _stream(b, range(1, 30)) == [1]
+    # the tree changes to a disconnected one for an instant (camera_link under another root), then good data
+    s = T0 + 29 * S // HZ + S // 100
+    b.set_transform("other_root", "camera_link", s, np.eye(4))
+    failed = _stream(b, range(30, 30 + 2 * HZ))
+    assert failed and max(failed) < 30 + HZ, failed
+    # a stalled camera (no new image stamp) with TF flowing: samples per frame stay bounded
+    for k in range(1000):
+        b.set_transform("odom", "camera_link", T0 + 3 * S + k * S // 1000, np.eye(4))
+    assert len(b._dynamic["camera_link"].stamps) <= 100
+
+
+def test_parent_bookkeeping_follows_inserts_and_pruning():
+    b = TfBuffer(cache_time_s=1, max_gap_s=0.5, clock=None)
+    b.set_transform("odom", "cam", T0, np.eye(4))
+    b.set_transform("stray", "cam", T0 + S // 10, np.eye(4))
+    b.set_transform("stray", "cam", T0 + S // 10, np.eye(4))      # the same stamp again: replaced, not added
+    b.set_transform("odom", "cam", T0 + S // 10, np.eye(4))       # ... and re-parented at that stamp
+    assert b._dynamic["cam"].parent_count == {"odom": 2}
+    b.set_transform("stray", "cam", T0 + S // 5, np.eye(4))
+    assert b.frames() == ["cam", "odom", "stray"]
+    b.note_reference(T0 + 3 * S)                                   # everything older than the cache: gone
+    assert b.frames() == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 import zipfile
 from typing import Dict, Iterable, Mapping, Optional
 
@@ -31,15 +32,34 @@ def load_checkpoint(path: str) -> Mapping[str, object]:
             return load_file(path, device="cpu")
         except Exception as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from exc
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path}: not a checkpoint: the file is empty")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    is_zip = magic == b"PK\x03\x04"          # torch's format since 1.6
+    if not is_zip and magic[:1] != b"\x80":     # nor a (legacy torch) pickle of protocol >= 2
+        raise CheckpointError(f"{path}: not a checkpoint (corrupt or not a checkpoint): neither a torch zip "
+                              f"archive nor a pickle (starts with {magic!r})")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on the way to its own error
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path}: refused to load: the file contains objects other than tensors and plain containers "
-            f"(loading it would execute arbitrary code). Only weights_only-safe torch files and "
-            f".safetensors are accepted. Details: {str(exc).splitlines()[0]}") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint: {str(exc).splitlines()[0]}") from exc
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[0] if lines else "")
+        if "GLOBAL" in detail:
+            raise CheckpointError(
+                f"{path}: refused to load: unsafe pickle, the file contains objects other than tensors and plain "
+                f"containers (loading it would execute arbitrary code). Only weights_only-safe torch files and "
+                f".safetensors are accepted. Details: {detail}") from exc
+        raise CheckpointError(f"{path}: refused to load: not a weights_only-safe torch checkpoint (a raw pickle, "
+                              f"or corrupt): {detail}") from exc
+    except Exception as exc:  # noqa: BLE001 - the legacy unpickler fails on arbitrary bytes in arbitrary ways
+        first = (str(exc).splitlines() or [""])[0]
+        kind = "truncated or corrupt" if is_zip or isinstance(exc, (EOFError, zipfile.BadZipFile)) or "EOF" in first \
+            else "corrupt or not a checkpoint"
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({kind}): "
+                              f"{type(exc).__name__}: {first}") from exc
 
 
 def extract_state_dict(obj: Mapping[str, object], keys: Iterable[str] = ("model", "state_dict"),

@@ -7,6 +7,7 @@ import logging
 from typing import Callable, Dict, List, Optional
 
 from .base import DepthEstimator
+from .checkpoints import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,9 @@ def create_model(name: str = DEFAULT_MODEL, checkpoint: Optional[str] = None, de
     """Build an estimator by name.
 
     A learned model with no checkpoint falls back to the classical plane sweep with a clear log line
-    (nothing is ever downloaded).
+    (nothing is ever downloaded). A checkpoint given to the weightless ``planesweep`` is refused
+    (:class:`CheckpointError`): it would be silently ignored, and it almost always means the ``model`` setting
+    was forgotten. Unusable checkpoints raise :class:`CheckpointError` with one readable message.
     """
     if name in NEEDS_CHECKPOINT and not checkpoint:
         log.warning("model %r needs a checkpoint and none is configured: falling back to the classical "
@@ -54,8 +57,16 @@ def create_model(name: str = DEFAULT_MODEL, checkpoint: Optional[str] = None, de
         name = "planesweep"
     builder = _resolve(name)
     if name == "planesweep":
+        if checkpoint:
+            raise CheckpointError(f"model 'planesweep' has no weights, so checkpoint {checkpoint!r} would be ignored: "
+                                  f"set model to the network the checkpoint belongs to "
+                                  f"({', '.join(sorted(NEEDS_CHECKPOINT))}) or drop the checkpoint")
         return builder(device=device, **options)
-    return builder(checkpoint=checkpoint, device=device, **options)
+    try:
+        return builder(checkpoint=checkpoint, device=device, **options)
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:  # a state dict of an unexpected structure
+        raise CheckpointError(f"checkpoint {checkpoint!r} cannot be used for model {name!r} (wrong network or "
+                              f"format): {type(exc).__name__}: {exc}") from exc
 
 
 # ------------------------------------------------------------------------------------------- stereo

@@ -97,6 +97,29 @@ def tune_allocator_for_large_messages(mmap_threshold: int = 32 << 20, trim_thres
     return ok
 
 
+_LIBC = None
+
+
+def trim_heap() -> bool:
+    """Give the heap's free pages back to the OS (glibc ``malloc_trim(0)``); False where it does not apply.
+
+    With :func:`tune_allocator_for_large_messages` the heap keeps freed multi-MB buffers for reuse (its trim
+    threshold is high), so RSS ratchets up to the highest number of image / cloud buffers ever alive at once
+    (threads overlapping: DDS receiving while the worker publishes) and stays there: a soak sees growth in
+    steps that looks like a leak. The nodes call this every ``trim_period`` seconds, which keeps RSS at the
+    live working set; between calls the heap still reuses its pages.
+    """
+    global _LIBC
+    try:
+        if _LIBC is None:
+            import ctypes
+            _LIBC = ctypes.CDLL("libc.so.6")
+        _LIBC.malloc_trim(0)
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
 def _bytes_array(arr: np.ndarray) -> array.array:
     """One copy of ``arr``'s bytes into the type rclpy's uint8[] setter accepts without validation."""
     out = array.array("B")
@@ -229,11 +252,22 @@ def image_to_depth(msg: Image) -> np.ndarray:
 # CameraInfo
 # ---------------------------------------------------------------------------------------------------
 
+#: physical bounds of what a camera / pose message can mean; beyond them a message is rejected, not used
+MAX_FOCAL_PX = 1e6         # a 1 Mpx-wide sensor behind a 0.06 degree lens; fx = 1e300 is a broken driver
+MAX_TRANSLATION_M = 1e6    # 1000 km from the world frame's origin: no robot's odometry frame is that large
+
+
 def camera_info_to_K(msg: CameraInfo) -> Tuple[np.ndarray, Tuple[int, int], np.ndarray]:
-    """``(K 3x3 float64, (width, height), D)``. Raises ConversionError for a zero / non-finite K."""
+    """``(K 3x3 float64, (width, height), D)``. Raises ConversionError for a zero / non-finite K, focal
+    lengths beyond :data:`MAX_FOCAL_PX` or a principal point that far outside the image. ``D`` is returned
+    as is (NaN included): the node flags it, rectified input ignores it."""
     K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
     if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0 or K[2, 2] != 1.0:
         raise ConversionError(f"camera_info has no valid K (fx, fy > 0, K[2,2] = 1): {K.ravel().tolist()}")
+    if max(K[0, 0], K[1, 1], abs(K[0, 2]), abs(K[1, 2]), abs(K[0, 1])) > MAX_FOCAL_PX:
+        raise ConversionError(f"camera_info K is beyond physical bounds (fx, fy, |cx|, |cy|, |skew| <= "
+                              f"{MAX_FOCAL_PX:.0e} px): fx={K[0, 0]:.6g} fy={K[1, 1]:.6g} cx={K[0, 2]:.6g} "
+                              f"cy={K[1, 2]:.6g}")
     return K, (int(msg.width), int(msg.height)), np.asarray(msg.d, dtype=np.float64)
 
 
@@ -260,13 +294,25 @@ def make_camera_info(K: np.ndarray, width: int, height: int, header: Optional[He
 # ---------------------------------------------------------------------------------------------------
 
 def _rt_to_matrix(tx, ty, tz, qw, qx, qy, qz) -> np.ndarray:
+    """Rigid 4x4 from a translation and a quaternion of any scale. The quaternion is divided by its largest
+    component before the norm is taken, so (1e200, 1e200, 0, 0) or (1e-200, 0, 0, 0) normalise exactly
+    instead of overflowing / underflowing the norm; non-finite values, a zero quaternion and translations
+    beyond :data:`MAX_TRANSLATION_M` raise ConversionError."""
     q = np.array([qw, qx, qy, qz], dtype=np.float64)
-    n = float(np.linalg.norm(q))
-    if not (np.all(np.isfinite(q)) and np.isfinite(tx) and np.isfinite(ty) and np.isfinite(tz)) or n < 1e-9:
-        raise ConversionError(f"non-finite pose or zero quaternion: t=({tx}, {ty}, {tz}) q=({qw}, {qx}, {qy}, {qz})")
+    t = np.array([tx, ty, tz], dtype=np.float64)
+    what = f"t=({tx}, {ty}, {tz}) q=({qw}, {qx}, {qy}, {qz})"
+    if not (np.all(np.isfinite(q)) and np.all(np.isfinite(t))):
+        raise ConversionError(f"non-finite pose: {what}")
+    m = float(np.max(np.abs(q)))
+    if m == 0.0:
+        raise ConversionError(f"zero quaternion: {what}")
+    q = q / m
+    q /= np.linalg.norm(q)
+    if float(np.max(np.abs(t))) > MAX_TRANSLATION_M:
+        raise ConversionError(f"translation beyond physical bounds (|x|, |y|, |z| <= {MAX_TRANSLATION_M:.0e} m): {what}")
     T = np.eye(4)
-    T[:3, :3] = tq.quat2mat(q / n)
-    T[:3, 3] = (tx, ty, tz)
+    T[:3, :3] = tq.quat2mat(q)
+    T[:3, 3] = t
     return T
 
 

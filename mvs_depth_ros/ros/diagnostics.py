@@ -72,6 +72,53 @@ class RateLimitedLog:
         return True
 
 
+class RecentProblems:
+    """Problems of the last ``window`` seconds, for a ``/diagnostics`` level that recovers.
+
+    ``note(key, text, level)`` records one occurrence (``key`` groups the same kind of problem: "tf_reject",
+    "encoding", ...; ``text`` is the latest description; ``level`` 1 = WARN, 2 = ERROR). ``summary()`` gives
+    the worst level seen in the window (0 = OK once the inputs have been good for ``window`` seconds) and a
+    message naming the recent problems, the most frequent first. Lifetime counts belong in the status values;
+    this only holds the window (bounded: at most ``max_events`` occurrences are kept).
+    """
+
+    def __init__(self, window: float = 5.0, max_events: int = 10000):
+        self.window = float(window)
+        self._events: Deque[Tuple[float, str, int]] = collections.deque(maxlen=max_events)
+        self._text: Dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def note(self, key: str, text: str, level: int = 1, t: Optional[float] = None) -> None:
+        with self._lock:
+            self._events.append((time.monotonic() if t is None else t, key, int(level)))
+            self._text[key] = text
+
+    def _prune(self, now: float) -> None:
+        while self._events and self._events[0][0] < now - self.window:
+            self._events.popleft()
+        live = {k for _, k, _ in self._events}
+        for k in [k for k in self._text if k not in live]:
+            del self._text[k]
+
+    def summary(self, now: Optional[float] = None, max_items: int = 3) -> Tuple[int, str]:
+        """``(level, message)``; ``(0, "")`` when nothing happened within the window."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._prune(now)
+            if not self._events:
+                return 0, ""
+            counts: Dict[str, int] = collections.Counter()
+            levels: Dict[str, int] = {}
+            for _, k, lv in self._events:
+                counts[k] += 1
+                levels[k] = max(levels.get(k, 0), lv)
+            order = sorted(counts, key=lambda k: (-levels[k], -counts[k], k))
+            parts = [f"{counts[k]}x {self._text[k]}" for k in order[:max_items]]
+            if len(order) > max_items:
+                parts.append(f"+{len(order) - max_items} more kind(s)")
+            return max(levels.values()), f"last {self.window:g}s: " + "; ".join(parts)
+
+
 def make_status(name: str, hardware_id: str, level, message: str, values: Iterable[Tuple[str, object]]):
     """A ``diagnostic_msgs/DiagnosticStatus`` (values turned into strings)."""
     from diagnostic_msgs.msg import DiagnosticStatus, KeyValue

@@ -55,6 +55,8 @@ from .sync import PoseBuffer, TopicSync, pose_message_to_matrix
 class NodeCounters(BaseCounters):
     images: int = 0               # image messages received
     bad_poses: int = 0            # NaN / invalid pose messages or transforms
+    empty_depth: int = 0          # depth maps without a single valid pixel although the camera moved
+    implausible_baseline: int = 0  # depth from measurement frames farther than max_depth (cannot overlap)
     pose_gap_resets: int = 0
     keyframes: int = 0
 
@@ -99,8 +101,6 @@ class MvsNode(DepthNodeBase):
         self.poses: Optional[PoseBuffer] = None
         if cfg.pose_source == "tf":
             self._make_tf(cfg.world_frame, self._tf_group)
-            if self.tf is None:
-                log.error("frames get no pose (no depth) until restarted with pose_source:=pose or odometry")
         else:
             self.poses = PoseBuffer(cfg.pose_tolerance, max_size=2000)
             mtype, topic = (PoseStamped, "pose") if cfg.pose_source == "pose" else (Odometry, "odometry")
@@ -138,7 +138,10 @@ class MvsNode(DepthNodeBase):
             self.counters.rejected_corrupt += 1
             self._warn("frame_id", "image has an empty header.frame_id and no camera_frame parameter is set")
             return
-        self.submit(C.stamp_to_ns(msg.header.stamp), frame_id, (msg, info, rgb))
+        intrinsics = self.camera_info(info)
+        if intrinsics is None:
+            return
+        self.submit(C.stamp_to_ns(msg.header.stamp), frame_id, (msg, intrinsics, rgb))
 
     def unpaired(self) -> Tuple[int, int]:
         return self.sync.unmatched(0), self.sync.queued(0)
@@ -168,15 +171,8 @@ class MvsNode(DepthNodeBase):
     def process(self, item: Pending) -> None:
         cfg = self.config
         t_start = time.perf_counter()
-        msg, info_msg, rgb = item.msgs
+        msg, (K, (iw, ih), _), rgb = item.msgs
         stamp, frame_id = item.stamp, item.frame_id
-        try:
-            K, (iw, ih), D = C.camera_info_to_K(info_msg)
-        except C.ConversionError as exc:
-            self.counters.rejected_corrupt += 1
-            self._warn("camera_info", f"camera_info rejected: {exc}")
-            return
-        self.check_distortion(D)
         h, w = rgb.shape[:2]
         if (iw, ih) != (w, h):
             if iw > 0 and ih > 0 and abs(iw / ih - w / h) < 1e-3:
@@ -208,14 +204,38 @@ class MvsNode(DepthNodeBase):
         self.counters.keyframes = self.pipeline.counters.keyframes
         if step.result is None:
             return
+        self._check_empty(step)
         t_pub = time.perf_counter()
         self._publish(msg, step, T, frame_id)
         self.published(stamp, t_start, step.compute_ms, (time.perf_counter() - t_pub) * 1e3)
 
+    def _check_empty(self, step) -> None:
+        """Implausible motion is counted and warned instead of silently publishing nonsense: measurement frames
+        farther from the reference than ``max_depth`` cannot see the same scene (a pose jump, a wrong scale),
+        and a depth map without one valid pixel although the camera moved (it turned away, poses wrong)."""
+        ref = step.frame.T_world_cam
+        if ref is None:
+            return
+        moved = [float(np.linalg.norm(m.T_world_cam[:3, 3] - ref[:3, 3])) for m in step.measurements
+                 if m.T_world_cam is not None]
+        if not moved:
+            return
+        where = (f"camera at {np.round(ref[:3, 3], 3).tolist()} m in {self.config.world_frame!r}, depth at "
+                 f"{step.frame.stamp / 1e9:.6f}s")
+        if max(moved) > self.config.max_depth:
+            self.counters.implausible_baseline += 1
+            self._warn("baseline", f"measurement frame(s) {max(moved):.4g} m from the reference, more than max_depth "
+                                   f"{self.config.max_depth:g} m: the views cannot overlap, the depth is unreliable "
+                                   f"(pose jumps or a wrong scale?); {where}")
+        if max(moved) > 0 and not np.isfinite(step.result.depth).any():
+            self.counters.empty_depth += 1
+            self._warn("empty_depth", f"depth is all NaN although the camera moved {max(moved):.3g} m from its "
+                                      f"measurement frame(s) (turned away, or implausible poses); {where}")
+
     def _pose_gap_reset(self, stamp: int) -> None:
         self.counters.pose_gap_resets += 1
-        self.get_logger().warning(f"no pose for {(stamp - self._last_pose_stamp) / 1e9:.2f}s: keyframes and "
-                                  f"recurrent state reset")
+        self._event("pose_gap", f"no pose for {(stamp - self._last_pose_stamp) / 1e9:.2f}s: keyframes and "
+                                f"recurrent state reset")
         self.pipeline.reset()
 
     def _publish(self, msg: Image, step, T: np.ndarray, frame_id: str) -> None:

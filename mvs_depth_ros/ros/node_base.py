@@ -33,7 +33,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import conversions as C
-from .diagnostics import RateLimitedLog, RateWindow, Stats, make_status, publish_status
+from .diagnostics import RateLimitedLog, RateWindow, RecentProblems, Stats, make_status, publish_status
 from .params import COMMON_SPECS, ParameterError, Spec, declare_all, live_changes, with_changes
 
 # ---------------------------------------------------------------------------------------------------
@@ -229,6 +229,9 @@ class BaseCounters:
     no_camera_info: int = 0       # image without a matching camera_info
     camera_info_mismatch: int = 0
     stamp_backwards: int = 0      # dropped: stamp not after the previous input's
+    stamp_invalid: int = 0        # dropped: stamp 0, or beyond tf_max_future after the clock / newest stamp
+    rejected_camera_info: int = 0  # camera_info with an invalid K or one beyond physical bounds
+    distortion_changes: int = 0   # camera_info distortion changed (to non-zero or non-finite values)
     time_jumps: int = 0           # large backward jumps: everything reset
     size_changes: int = 0
     predictions: int = 0          # depth maps published
@@ -282,10 +285,12 @@ class DepthNodeBase(_Node):  # type: ignore[misc,valid-type]
         self._end_sent: Optional[Dict[str, int]] = None
         self._end_progress: Optional[tuple] = None
         self._end_pub = None
+        self._recent = RecentProblems()
         super().__init__(node_name, namespace=namespace, context=context, cli_args=cli_args,
                          parameter_overrides=overrides(parameter_overrides, params))
         self.config = self.CONFIG.from_values(declare_all(self, self.SPECS))
-        self._warn = RateLimitedLog(self.get_logger().warning, self.config.warn_period)
+        self._log_limited = RateLimitedLog(self.get_logger().warning, self.config.warn_period)
+        self._recent = RecentProblems(self.config.diagnostics_window)
         self._distortion: Optional[Tuple[float, ...]] = None
         self._last_stamp: Optional[int] = None
         self._last_size: Optional[Tuple[int, int]] = None
@@ -293,6 +298,7 @@ class DepthNodeBase(_Node):  # type: ignore[misc,valid-type]
         self._rate_in, self._rate_out = RateWindow(), RateWindow()
         self._latency, self._compute, self._overhead, self._publish_ms = Stats(), Stats(), Stats(), Stats()
         self._queue_wait, self._pose_wait = Stats(), Stats()
+        self._last_trim, self._trim_ms = time.monotonic(), Stats(10)
         self._last_error = ""
         self.tf = None
         self.tf_backend = "off"
@@ -300,18 +306,25 @@ class DepthNodeBase(_Node):  # type: ignore[misc,valid-type]
 
     # ------------------------------------------------------------------------------------ set-up
     def _make_tf(self, world_frame: str, callback_group) -> None:
-        """The TF lookup (``tf_backend``) for poses in ``world_frame``; an unavailable tf is logged and kept
-        in ``_tf_unavailable`` (inputs then go through without a pose)."""
+        """The TF lookup (``tf_backend``) for poses in ``world_frame``. A backend that is not installed is a
+        startup error (:class:`~mvs_depth_ros.ros.tf_buffer.TfBackendUnavailable`): a node that can never
+        get a pose must not pretend to run."""
         from .tf_buffer import make_tf_lookup
         cfg = self.config
-        try:
-            self.tf, self.tf_backend = make_tf_lookup(
-                self, cfg.tf_backend, cfg.tf_cache_time, cfg.tf_max_gap,
-                on_error=lambda t: self._bad_pose("tf_reject", t), callback_group=callback_group)
-        except (RuntimeError, ImportError) as exc:  # no tf2_ros and no tf2_msgs in this install
-            self._tf_unavailable = str(exc)
-            self.tf_backend = "unavailable"
-            self.get_logger().error(f"poses from tf in {world_frame!r} are OFF: {exc}")
+        self.tf, self.tf_backend = make_tf_lookup(
+            self, cfg.tf_backend, cfg.tf_cache_time, cfg.tf_max_gap,
+            on_error=lambda t: self._bad_pose("tf_reject", t), callback_group=callback_group,
+            max_future_s=cfg.tf_max_future)
+
+    def _event(self, key: str, text: str) -> None:
+        """A rare event worth a log line each time (a reset, a size change): logged and in the recent window."""
+        self._recent.note(key, text, 1)
+        self.get_logger().warning(text)
+
+    def _warn(self, key: str, text: str, level: int = 1) -> None:
+        """A problem with the input: into the recent window of /diagnostics, and logged (rate-limited)."""
+        self._recent.note(key, text.splitlines()[0] if text else key, level)
+        self._log_limited(key, text)
 
     def _bad_pose(self, key: str, text: str) -> None:
         if hasattr(self.counters, "bad_poses"):
@@ -349,10 +362,28 @@ class DepthNodeBase(_Node):  # type: ignore[misc,valid-type]
 
     # ------------------------------------------------------------------------------------ inputs
     def submit(self, stamp: int, frame_id: str, msgs: tuple) -> None:
-        """Hand an input to the queue (subscription callbacks call this)."""
+        """Hand an input to the queue (subscription callbacks call this). A stamp of 0 (a driver without a
+        clock) or beyond ``tf_max_future`` after the clock and the newest stamp is dropped and counted: it
+        would wait for a pose that never comes, or poison the stamp order of every later input."""
         self._last_input_t = time.monotonic()
         self._rate_in.tick()
+        why = self.stamp_problem(stamp)
+        if why:
+            self.counters.stamp_invalid += 1
+            self._warn("stamp_invalid", f"{self.INPUT} at {stamp / 1e9:.6f}s dropped: {why}")
+            return
         self.queue.put(Pending(stamp, frame_id, msgs, time.monotonic()))
+
+    def stamp_problem(self, stamp: int) -> str:
+        """Why an input stamp cannot be used ('' = fine)."""
+        if stamp <= 0:
+            return "stamp 0 (the driver sets no stamp)"
+        ref = max(self.get_clock().now().nanoseconds, self._last_stamp or 0)
+        limit = self.config.tf_max_future * 1e9
+        if ref > 0 and stamp > ref + limit:
+            return (f"stamp {(stamp - ref) / 1e9:.3f}s in the future of the clock / newest stamp "
+                    f"(tf_max_future {self.config.tf_max_future:g}s)")
+        return ""
 
     def _on_queue_event(self, kind: str, item: Pending, text: str) -> None:
         c = self.counters
@@ -370,7 +401,7 @@ class DepthNodeBase(_Node):  # type: ignore[misc,valid-type]
         elif kind == "error":
             c.errors += 1
             self._last_error = text.splitlines()[0]
-            self._warn("worker_error", f"{at} failed: {text}")
+            self._warn("worker_error", f"{at} failed: {text}", level=2)
 
     def _process_item(self, item: Pending) -> None:
         self._queue_wait.add((time.monotonic() - item.t_recv) * 1e3)
@@ -392,13 +423,30 @@ class DepthNodeBase(_Node):  # type: ignore[misc,valid-type]
             self._warn(f"corrupt_{label}", f"{label} rejected: {exc}")
         return None
 
+    def camera_info(self, msg) -> Optional[Tuple[np.ndarray, Tuple[int, int], np.ndarray]]:
+        """``(K, (w, h), D)`` of a camera_info, or None (counted, rate-limited warning); the distortion checked."""
+        try:
+            K, size, D = C.camera_info_to_K(msg)
+        except C.ConversionError as exc:
+            self.counters.rejected_camera_info += 1
+            self._warn("camera_info", f"camera_info rejected: {exc}")
+            return None
+        self.check_distortion(D)
+        return K, size, D
+
     def check_distortion(self, D: np.ndarray) -> None:
-        """Warn when the camera_info distortion is non-zero (or changes to another non-zero value)."""
+        """Flag every change of the camera_info distortion to non-zero or non-finite values (counted): this
+        node expects rectified images."""
         d = tuple(float(x) for x in np.ravel(D))
-        if d != self._distortion and any(x != 0 for x in d):
-            self.get_logger().warning(
-                f"camera_info has non-zero distortion {list(d)}: this node expects rectified images "
-                f"(run image_proc rectification first); depth will be biased otherwise")
+        if d != self._distortion and (not np.all(np.isfinite(d)) or any(x != 0 for x in d)):
+            # tuples compare NaN by identity: a repeated NaN distortion is the same, not a change
+            if self._distortion is None or not np.array_equal(np.asarray(d), np.asarray(self._distortion),
+                                                              equal_nan=True):
+                self.counters.distortion_changes += 1
+                what = "non-finite" if not np.all(np.isfinite(d)) else "non-zero"
+                self._warn("distortion", f"camera_info distortion changed to {what} {list(d)}: this node expects "
+                                         f"rectified images (run image_proc rectification first); depth will be "
+                                         f"biased otherwise")
         self._distortion = d
 
     def check_continuity(self, stamp: int, size: Tuple[int, int], reset: Callable[[], None]) -> bool:
@@ -409,8 +457,8 @@ class DepthNodeBase(_Node):  # type: ignore[misc,valid-type]
             back = (self._last_stamp - stamp) / 1e9
             if cfg.time_jump_reset > 0 and back >= cfg.time_jump_reset:
                 self.counters.time_jumps += 1
-                self.get_logger().warning(f"{self.INPUT} stamps jumped back by {back:.3f}s (bag loop / restart): "
-                                          f"state and poses reset")
+                self._event("time_jump", f"{self.INPUT} stamps jumped back by {back:.3f}s (bag loop / restart): "
+                                         f"state and poses reset")
                 reset()
             else:
                 self.counters.stamp_backwards += 1
@@ -419,8 +467,8 @@ class DepthNodeBase(_Node):  # type: ignore[misc,valid-type]
                 return False
         if self._last_size is not None and self._last_size != size:
             self.counters.size_changes += 1
-            self.get_logger().warning(f"image size changed {self._last_size[0]}x{self._last_size[1]} -> "
-                                      f"{size[0]}x{size[1]}: state reset")
+            self._event("size_change", f"image size changed {self._last_size[0]}x{self._last_size[1]} -> "
+                                       f"{size[0]}x{size[1]}: state reset")
             self.pipeline.reset()
         self._last_size = size
         self._last_stamp = stamp
@@ -504,7 +552,6 @@ class DepthNodeBase(_Node):  # type: ignore[misc,valid-type]
         return [], []
 
     def diagnostic_status(self):
-        from diagnostic_msgs.msg import DiagnosticStatus
         self.refresh_counters()
         c = self.counters
         lat_mean, lat_max, _ = self._latency.summary()
@@ -517,10 +564,15 @@ class DepthNodeBase(_Node):  # type: ignore[misc,valid-type]
                             f"waiting tf_timeout)")
         if c.dropped:
             problems.append(f"{c.dropped} {self.INPUT}s dropped (model slower than the input)")
-        level = DiagnosticStatus.ERROR if c.errors else (DiagnosticStatus.WARN if problems else DiagnosticStatus.OK)
-        message = "; ".join(problems) if problems else "ok"
+        # the level and message reflect the recent window (OK again once the inputs are good); the lifetime
+        # totals stay in the message's tail and in the values
+        recent_level, recent = self._recent.summary()
+        level = bytes([min(recent_level, 2)])      # DiagnosticStatus OK 0 / WARN 1 / ERROR 2
+        message = recent or "ok"
+        if problems:
+            message += " (since start: " + "; ".join(problems) + ")"
         if self.input_count()[1] == 0:
-            message = "waiting for images" + (f"; {message}" if problems else "")
+            message = "waiting for images" + (f"; {message}" if recent or problems else "")
         waiting, queued, busy = self.queue.counts() if self.queue is not None else (0, 0, False)
         values = [("input_rate_hz", self._rate_in.rate()), ("output_rate_hz", self._rate_out.rate()),
                   ("latency_ms_mean", lat_mean), ("latency_ms_max", lat_max),
@@ -528,17 +580,24 @@ class DepthNodeBase(_Node):  # type: ignore[misc,valid-type]
                   ("node_overhead_ms_max", ovh_max), ("publish_ms_mean", self._publish_ms.summary()[0]),
                   ("queue_wait_ms_mean", self._queue_wait.summary()[0]),
                   ("pose_wait_ms_mean", self._pose_wait.summary()[0]),
+                  ("heap_trim_ms_max", self._trim_ms.summary()[1]),
                   ("waiting_for_pose", waiting), ("waiting_for_worker", queued), ("busy", busy),
                   ("tf_backend", self.tf_backend)]
         values += extra_values
         values += list(asdict(c).items())
         if self.tf is not None:
             values.append(("tf_rejected", getattr(self.tf, "rejected", 0)))
+            values.append(("tf_rejected_future", getattr(self.tf, "rejected_future", 0)))
         return make_status(f"{self.get_name()}: {self.TITLE}", self.get_fully_qualified_name(), level, message,
                            values)
 
     def publish_diagnostics(self) -> None:
         publish_status(self, self.pub_diag, self.diagnostic_status())
+        now = time.monotonic()
+        if self.config.trim_period > 0 and now - self._last_trim >= self.config.trim_period:
+            self._last_trim = now
+            C.trim_heap()
+            self._trim_ms.add((time.monotonic() - now) * 1e3)
 
     # ------------------------------------------------------------------------------------ lifecycle
     def idle(self) -> bool:

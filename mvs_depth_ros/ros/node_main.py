@@ -25,8 +25,12 @@ def spin_node(factory: Callable[[], object], name: str, argv: Optional[List[str]
     ``exit_code`` attribute ends the process by itself once that is not None (player at the end of the bag,
     evaluator when the evaluation is complete) and the process exits with it.
 
-    Invalid parameters (``ParameterError``, ``ValueError``), a missing interface (``ImportError``) or an unusable
-    input (``RuntimeError``: an unreadable bag) exit with status 2 and the reason in one line. ``large_messages`` tunes the allocator for multi-MB messages.
+    Startup failures are one line on stderr and a non-zero exit, no traceback: invalid parameters
+    (``ParameterError``) exit with status 2, anything else the node cannot start with (a corrupt or
+    mismatched checkpoint, an unavailable device or tf backend, an unreadable bag) with status 1;
+    ``MVS_DEPTH_ROS_DEBUG=1`` adds the traceback. Invalid parameters, a missing interface or an unusable
+    input raised while spinning exit with status 2 and the reason in one line. ``large_messages`` tunes the
+    allocator for multi-MB messages.
     """
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -47,7 +51,12 @@ def spin_node(factory: Callable[[], object], name: str, argv: Optional[List[str]
     node = None
     rc = 0
     try:
-        node = factory()
+        try:
+            node = factory()
+        except (KeyboardInterrupt, ExternalShutdownException):
+            return 0
+        except Exception as exc:  # noqa: BLE001 - every startup failure is one clear line
+            return _startup_failure(name, exc, 2 if isinstance(exc, ParameterError) else 1)
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         while not stop.is_set() and rclpy.ok():
@@ -73,3 +82,19 @@ def spin_node(factory: Callable[[], object], name: str, argv: Optional[List[str]
         for s, h in previous.items():
             signal.signal(s, h)
     return rc
+
+
+def _startup_failure(name: str, exc: BaseException, code: int) -> int:
+    """Print why the node cannot start as one line (the exception type only where the message alone is not
+    self-explanatory) and return the exit status."""
+    import os
+    from .params import ParameterError
+
+    text = " | ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    known = isinstance(exc, (ParameterError, RuntimeError, ValueError, OSError))
+    what = "invalid parameters" if isinstance(exc, ParameterError) else "cannot start"
+    print(f"{name}: {what}: {text if known else f'{type(exc).__name__}: {text}'}", file=sys.stderr, flush=True)
+    if os.environ.get("MVS_DEPTH_ROS_DEBUG"):
+        import traceback
+        traceback.print_exception(exc)
+    return code

@@ -127,6 +127,12 @@ COMMON_SPECS: Dict[str, Spec] = {
     "end_of_bag_topic": Spec("", "bag evaluation: the player's end-of-bag report (diagnostic_msgs/DiagnosticStatus, "
                                  "images sent per topic); the node then publishes its end_of_stream report once "
                                  "every image is accounted for ('' = off)"),
+    "tf_max_future": Spec(5.0, "transforms and images stamped more than this many seconds after the newest image "
+                               "stamp / the clock are rejected and counted (a publisher with a wrong clock)", 0.01, 3600.0),
+    "diagnostics_window": Spec(5.0, "seconds of recent problems that set the /diagnostics level and message (OK again "
+                                    "once the inputs have been good this long; counters stay lifetime)", 0.1, 3600.0),
+    "trim_period": Spec(10.0, "seconds between returning the heap's free pages to the OS (glibc malloc_trim; keeps "
+                              "RSS at the live working set in long runs; 0 = never)", 0.0, 3600.0),
     "end_timeout": Spec(30.0, "after the end of the bag, seconds without a new image before the missing ones count "
                               "as lost", 0.1, 3600.0),
 }
@@ -233,6 +239,9 @@ class MvsConfig:
     sync_backend: str
     end_of_bag_topic: str
     end_timeout: float
+    tf_max_future: float
+    diagnostics_window: float
+    trim_period: float
 
     def __post_init__(self) -> None:
         from ..models.registry import available_models

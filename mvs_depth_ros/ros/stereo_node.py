@@ -180,6 +180,9 @@ class StereoConfig:
     sync_backend: str
     end_of_bag_topic: str
     end_timeout: float
+    tf_max_future: float
+    diagnostics_window: float
+    trim_period: float
 
     def __post_init__(self) -> None:
         try:
