@@ -119,6 +119,19 @@ def build_workspace(root: Path) -> ColconWorkspace:
     return ColconWorkspace(root=root, log=res.stdout)
 
 
+def _remove_leftovers(actions) -> None:
+    """SIGKILL the process group of every started ``setsid`` action that still has members (the nodes of a
+    ``ros2 launch`` that was killed keep running otherwise, and would publish into the next test)."""
+    import signal
+    for action in actions:
+        details = action.process_details
+        if details and details.get("cmd", [None])[0] == "setsid":
+            try:
+                os.killpg(details["pid"], signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
 def run_launch_test(name: str, generate_test_description, *test_cases) -> None:
     """Run a launch test the way ``launch_test`` does (launch_testing's ``LaunchTestRunner``): the launch
     description from ``generate_test_description`` runs in this thread, the ``unittest`` cases without
@@ -129,19 +142,33 @@ def run_launch_test(name: str, generate_test_description, *test_cases) -> None:
     pytest >= 8.4 — ros2/launch#947, fixed upstream in later releases — so setup.cfg turns them off and
     the tests call the runner directly.)
     """
+    import functools
     import types
     import pytest
+    from launch.actions import ExecuteProcess
     from launch_testing.loader import LoadTestsFromPythonModule
     from launch_testing.test_runner import LaunchTestRunner
 
+    started: list = []
+
+    @functools.wraps(generate_test_description)  # keeps launch_testing's markers (keep_alive)
+    def recorded():
+        ld, context = generate_test_description()
+        started.extend(a for a in ld.entities if isinstance(a, ExecuteProcess))
+        return ld, context
+
     module = types.ModuleType(name)
-    module.generate_test_description = generate_test_description
+    module.generate_test_description = recorded
     for case in test_cases:
         setattr(module, case.__name__, case)
     runner = LaunchTestRunner(test_runs=LoadTestsFromPythonModule(module, name=name))
     runner.validate()
     problems, skipped = [], []
-    for results in runner.run().values():
+    try:
+        results_per_run = runner.run()
+    finally:
+        _remove_leftovers(started)
+    for results in results_per_run.values():
         for result in results if isinstance(results, list) else [results]:
             problems += [f"{case.id()}:\n{text}" for case, text in result.errors + result.failures]
             skipped += [reason for _, reason in result.skipped]

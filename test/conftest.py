@@ -25,4 +25,6 @@ def colcon_ws(tmp_path_factory):
     why = colcon_world.unavailable()
     if why:
         pytest.skip(why)
-    return colcon_world.build_workspace(tmp_path_factory.mktemp("colcon_ws"))
+    ws = colcon_world.build_workspace(tmp_path_factory.mktemp("colcon_ws"))
+    yield ws
+    ws.run("ros2 daemon stop", check=False)  # started by `ros2 node list` / `ros2 param`
