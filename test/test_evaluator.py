@@ -149,9 +149,10 @@ def test_node_over_dds_matches_offline(tmp_path, frames, ros_context):
             pubs["/pred/confidence"].publish(to_msg(c, f.stamp))   # confidence first: pairing must wait
             pubs["/pred/depth"].publish(to_msg(d, f.stamp))
         ex.spin_once(timeout_sec=0.01)
-    # a malformed prediction: counted, not fatal
+    # a malformed prediction (with its confidence: depth and confidence are paired first): counted, not fatal
     bad = Image(height=4, width=4, encoding="32FC1", step=16)
     bad.header.stamp.sec = 1
+    pubs["/pred/confidence"].publish(bad)
     pubs["/pred/depth"].publish(bad)
     deadline = time.monotonic() + 10
     while (node.core.counters.evaluated < 3 or node.core.counters.bad_messages < 1) and time.monotonic() < deadline:
@@ -189,3 +190,127 @@ def test_config_files_hold_declared_valid_parameters(ros_context):
             assert node.config.min_depth == params.get("min_depth", 0.25)
         finally:
             node.destroy_node()
+
+
+# ------------------------------------------------------------------------------ the graph across processes
+RGBD_TOPICS = dict(image="/camera/color/image_raw", camera_info="/camera/color/camera_info",
+                   depth_gt="/camera/aligned_depth_to_color/image_raw")
+RGBD_FRAME = "camera_color_optical_frame"
+SMALL = ["mvs_node.device:=cpu", "mvs_node.width:=160", "mvs_node.height:=128", "mvs_node.n_planes:=16"]
+
+
+def _rgbd_bag(tmp_path, n=14, drop_last_pose=False):
+    """A synthetic bag (exact depth) with an RGB-D camera's topic and frame names."""
+    from mvs_depth_ros.data.bag_topics import BagFrames, BagTopics
+    from mvs_depth_ros.data.bags import write_bag
+    seq = render_sequence(n_frames=n, width=160, height=128, supersample=1)
+    frames = list(seq.frames)
+    if drop_last_pose:   # the last image gets no /tf: its pose never comes
+        frames[-1] = _posed(frames[-1], None)
+    bag = tmp_path / "rgbd_bag"
+    write_bag(frames, bag, topics=BagTopics().with_(**RGBD_TOPICS),
+              tf_frames=BagFrames(camera=RGBD_FRAME, mount="camera_link"))
+    return bag
+
+
+def _posed(frame, T):
+    import dataclasses
+    return dataclasses.replace(frame, T_world_cam=T)
+
+
+def _offline(bag, out):
+    from mvs_depth_ros.cli import main as cli_main
+    assert cli_main(["run", "--bag", str(bag), "--width", "160", "--height", "128", "--device", "cpu",
+                     "--model-option", "n_planes=16", "--pictures", "0", "--out", str(out)]) == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+def _same_metrics(online, ref):
+    assert ref["summary"]["keyframes"] == online["summary"]["keyframes"] == online["summary"]["evaluator"]["evaluated"]
+    for kind in ("dense", "filtered"):
+        for key, value in ref["summary"][kind].items():
+            assert value == pytest.approx(online["summary"][kind][key], abs=1e-6), (kind, key)
+
+
+def test_player_node_evaluator_in_separate_processes_equal_offline(tmp_path):
+    """player, mvs_node and evaluator each in its own process, on a bag with an RGB-D camera's topic and frame
+    names (remapped): images wait for the transform at their stamp, the graph ends by itself (evaluator exit 0
+    once every frame is processed) and the metrics equal offline `mvs-depth run --bag` to 1e-6."""
+    from ros_helpers import NodeProcess, require_rclpy
+    require_rclpy()
+    from mvs_depth_ros.ros import interfaces
+    if not (interfaces.tf_message_available() and interfaces.depth_estimate_available()):
+        pytest.skip("needs tf2_msgs and mvs_depth_ros/msg (tools/install_ros.sh builds them)")
+    bag = _rgbd_bag(tmp_path)
+    out = tmp_path / "eval"
+    depth = dict(device="cpu", width=160, height=128, n_planes=16, use_sim_time=True, qos_reliability="reliable",
+                 qos_depth=100, queue_size=100, frame_queue=1000, tf_timeout=60.0, end_of_bag_topic="/end_of_bag",
+                 camera_frame=RGBD_FRAME)
+    remaps = {"__ns": "/mvs", "image": RGBD_TOPICS["image"], "camera_info": RGBD_TOPICS["camera_info"]}
+    evaluator = dict(use_sim_time=True, output_dir=str(out), names_bag=str(bag), gt_topic=RGBD_TOPICS["depth_gt"],
+                     end_of_stream_topic="/mvs/end_of_stream", end_of_bag_topic="/end_of_bag", log_every=0)
+    with NodeProcess("mvs_depth_ros.ros.mvs_node", depth, remaps=remaps) as node, \
+            NodeProcess("mvs_depth_ros.ros.evaluator_node", evaluator) as ev:
+        with NodeProcess("mvs_depth_ros.ros.player_node",
+                         dict(bag=str(bag), wait_for_topics=f"[{RGBD_TOPICS['image']}]", wait_timeout=60.0)) as pl:
+            assert pl.proc.wait(120) == 0, pl.output()[-3000:]
+        rc = ev.proc.wait(180)
+        log = ev.output()
+        assert rc == 0, log[-3000:] + node.output()[-3000:]
+        assert "evaluation complete" in log and "all 14 frames processed" in node.output(), node.output()[-3000:]
+        assert node.alive()
+        assert node.stop() == 0      # SIGINT: a clean end
+        nlog = node.output()
+    assert "Traceback" not in nlog + log and "context is invalid" not in nlog + log, nlog[-2000:]
+    assert "counters:" in nlog       # logged while the context is still valid
+    _same_metrics(json.loads((out / "metrics.json").read_text()), _offline(bag, tmp_path / "offline"))
+
+
+def test_eval_bag_fails_with_counts_when_a_frame_never_gets_its_pose(tmp_path):
+    """`mvs-depth launch eval-bag` with remapped topics: the last image's transform never comes; it waits
+    tf_wait seconds, is dropped, and the run ends non-zero saying so (no silent exit 0)."""
+    from ros_helpers import NodeProcess, require_rclpy
+    require_rclpy()
+    from mvs_depth_ros.ros import interfaces
+    if not (interfaces.tf_message_available() and interfaces.depth_estimate_available()):
+        pytest.skip("needs tf2_msgs and mvs_depth_ros/msg (tools/install_ros.sh builds them)")
+    bag = _rgbd_bag(tmp_path, n=8, drop_last_pose=True)
+    out = tmp_path / "eval"
+    args = ["launch", "eval-bag", f"bag:={bag}", "dataset:=synthetic", f"output_dir:={out}", "tf_wait:=1.0",
+            f"image:={RGBD_TOPICS['image']}", f"camera_info:={RGBD_TOPICS['camera_info']}",
+            f"gt_depth:={RGBD_TOPICS['depth_gt']}", f"camera_frame:={RGBD_FRAME}", "gt_stamp_tolerance:=0.001",
+            *SMALL, "--duration", "150"]
+    with NodeProcess("mvs_depth_ros.cli", args=args) as proc:
+        rc = proc.proc.wait(170)
+        log = proc.output()
+    assert rc == 1, log[-3000:]
+    assert "1 dropped after waiting tf_timeout 1 s for their pose" in log and "evaluation INCOMPLETE" in log, log[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["summary"]["evaluator"]["ground_truth"] == 8 and metrics["summary"]["keyframes"] >= 1
+
+
+@pytest.mark.parametrize("module", ["mvs_depth_ros.ros.evaluator_node", "mvs_depth_ros.ros.mvs_node"])
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_nodes_end_cleanly_on_sigint_and_sigterm(module, sig, tmp_path):
+    """One shutdown path (node_main.spin_node): exit 0, no traceback (evaluator_node used to die with
+    ExternalShutdownException on SIGTERM), no 'context is invalid' rosout error, outputs written."""
+    import signal
+
+    from ros_helpers import NodeProcess, require_rclpy
+    require_rclpy()
+    params = dict(output_dir=str(tmp_path / "ev"), prediction_type="image") if "evaluator" in module else \
+        dict(device="cpu", width=64, height=48)
+    with NodeProcess(module, params) as proc:
+        deadline = time.monotonic() + 60
+        while "[INFO]" not in proc.output() and time.monotonic() < deadline and proc.alive():
+            time.sleep(0.2)
+        assert proc.alive(), proc.output()[-2000:]
+        proc.proc.send_signal(getattr(signal, sig))
+        rc = proc.proc.wait(30)
+        log = proc.output()
+    assert rc == 0, log[-2000:]
+    assert "Traceback" not in log and "context is invalid" not in log and "Failed to publish" not in log, log[-2000:]
+    if "evaluator" in module:
+        assert (tmp_path / "ev" / "metrics.json").is_file() and "wrote" in log
+    else:
+        assert "counters:" in log

@@ -61,9 +61,9 @@ def test_runner_reads_the_launch_files_arguments():
     assert set(fusion) == set(pair) and pair["model"][0] == "dvmvs_pairnet"
     stereo = runner.launch_arguments(LAUNCH / "stereo.launch.py")
     assert {"left_image", "right_image", "left_info", "right_info", "bag"} <= set(stereo)
-    if (LAUNCH / "eval_bag.launch.py").is_file():  # DeclareLaunchArgument(...) calls, no ARGUMENTS table
-        ev = runner.launch_arguments(LAUNCH / "eval_bag.launch.py")
-        assert "bag" in ev and ev["bag"][0] is None and ev["dataset"][0]
+    ev = runner.launch_arguments(LAUNCH / "eval_bag.launch.py")
+    assert "bag" in ev and ev["bag"][0] is None and ev["dataset"][0]
+    assert {"image", "camera_info", "gt_depth", "camera_frame", "gt_stamp_tolerance", "tf_wait"} <= set(ev)
 
 
 def test_mvs_yaml_matches_the_declared_parameters():
@@ -269,7 +269,7 @@ def test_runner_eval_bag_end_to_end(tmp_path):
         rc = proc.proc.wait(170)
         log = proc.output()
     assert rc == 0, log[-3000:]
-    assert "bag played" in log, log[-3000:]
+    assert "end of stream: all 16 frames processed" in log and "evaluation complete" in log, log[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     ev = metrics["summary"]["evaluator"]
     assert ev["evaluated"] >= 2 and ev["ground_truth"] >= 12, ev

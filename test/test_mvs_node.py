@@ -65,7 +65,7 @@ class Feeder:
             self.pose.publish(C.make_pose_stamped(T, "odom", stamp))
 
     def send_image(self, rgb, stamp, frame="camera", encoding="rgb8"):
-        if getattr(self, "K", None) is not None and rgb.shape[:2] == (H, W):
+        if getattr(self, "K", None) is not None:  # the full-size calibration also for binned images
             self.info.publish(C.make_camera_info(self.K, W, H, C.make_header(stamp, frame)))
         self.image.publish(C.array_to_image(rgb, encoding, C.make_header(stamp, frame)))
 
@@ -90,11 +90,23 @@ def _feed(feeder, frames, period=0.25, tf_margin=True):
         time.sleep(period)
 
 
-@pytest.fixture()
-def tf_node():  # function scope: a node left running would answer the next test's messages too
+def _sync_backend(name):
+    """image + camera_info pairing: message_filters (when importable) and the package's own matcher."""
+    if name == "message_filters":
+        from mvs_depth_ros.ros.sync import message_filters_available
+        ok, why = message_filters_available()
+        if not ok:
+            pytest.skip(f"{why}: install ../shared/ros2 wheels (CI does) to test that path")
+    return name
+
+
+@pytest.fixture(params=["message_filters", "builtin"])
+def tf_node(request):  # function scope: a node left running would answer the next test's messages too
     if not interfaces.tf_message_available():
         pytest.skip("tf2_msgs/TFMessage not available (run tools/install_ros.sh); the pose-topic test covers the node")
-    with NodeProcess("mvs_depth_ros.ros.mvs_node", NODE_PARAMS) as proc:
+    params = dict(NODE_PARAMS, sync_backend=_sync_backend(request.param))
+    with NodeProcess("mvs_depth_ros.ros.mvs_node", params) as proc:
+        proc.params = params
         probe = Probe("mvs_node_test")
         try:
             yield proc, probe
@@ -119,10 +131,14 @@ def test_depth_points_and_estimate_from_tf(tf_node, seq):
     assert feeder.wait_matched(), proc.output()[-3000:]
     assert probe.wait_for(lambda: len(diag) > 0, 30, proc), "no /diagnostics from the node:\n" + proc.output()[-3000:]
 
-    # --- bad input first, on a fresh node: image before any camera_info
+    # --- bad input first, on a fresh node: images without a camera_info of their stamp wait in the pairing
+    # queue (queue_size 5) and are dropped, counted, when it overflows
     f0 = seq.frames[0]
-    feeder.send_image(f0.image, f0.stamp - 500_000_000)
+    for i in range(7):
+        feeder.send_image(f0.image, f0.stamp - 500_000_000 + i * 1_000_000)
+        time.sleep(0.05)
     _wait_counter(probe, diag, "no_camera_info", 1, proc)
+    assert _diag(probe, diag)["sync_backend"] == proc.params["sync_backend"]
 
     # --- the good stream
     feeder.send_info(seq.K)
@@ -171,8 +187,9 @@ def test_depth_points_and_estimate_from_tf(tf_node, seq):
     f = seq.frames[10]
     feeder.send_image(np.zeros((H, W), np.float32), f.stamp, encoding="32FC1")          # wrong encoding
     _wait_counter(probe, diag, "rejected_encoding", 1, proc)
-    bad = C.array_to_image(f.image, "rgb8", C.make_header(f.stamp, "camera"))
+    bad = C.array_to_image(f.image, "rgb8", C.make_header(f.stamp + 1000, "camera"))
     bad.height = H * 2                                                                    # corrupt: too short
+    feeder.info.publish(C.make_camera_info(seq.K, W, H, bad.header))
     feeder.image.publish(bad)
     _wait_counter(probe, diag, "rejected_corrupt", 1, proc)
     feeder.send_image(seq.frames[2].image, seq.frames[2].stamp)                         # stamp going backwards
@@ -307,30 +324,69 @@ def test_live_parameter_changes_are_validated():
 
 @pytest.mark.parametrize("frame_queue, dropped, kept", [(1, 2, [2]), (2, 1, [1, 2]), (3, 0, [0, 1, 2])])
 def test_frame_queue_latest_frame_wins_or_keeps_order(frame_queue, dropped, kept):
-    """frame_queue 1 (live default): a new image replaces the waiting one, counted as dropped; N > 1 (bag
-    evaluation) keeps up to N in arrival order and drops the oldest only when full. The worker is stopped
-    first so the images stay queued."""
-    import rclpy
-    from rclpy.parameter import Parameter
-    from sensor_msgs.msg import Image
+    """frame_queue 1 (live default): a new frame replaces the waiting one, counted as dropped; N > 1 (bag
+    evaluation) keeps up to N in arrival order and drops the oldest only when full. The worker is held
+    busy so the frames stay queued."""
+    import threading
 
-    from mvs_depth_ros.ros.mvs_node import MvsNode
-    context = rclpy.context.Context()
-    rclpy.init(args=[], context=context)
+    from mvs_depth_ros.ros.node_base import FrameQueue, Pending
+    gate, seen, events = threading.Event(), [], []
+    q = FrameQueue(None, lambda it: (gate.wait(10), seen.append(it.stamp)), lambda k, it, t: events.append((k, it.stamp)),
+                   wait_s=1.0, slot_size=frame_queue)
+    q.start()
     try:
-        node = MvsNode("mvs_node_queue_test", context=context,
-                       parameter_overrides=[Parameter("frame_queue", value=frame_queue),
-                                            Parameter("device", value="cpu")])
-        try:
-            node.shutdown()
-            for sec in range(3):
-                msg = Image()
-                msg.header.stamp.sec = sec
-                node._on_image(msg)
-            assert node.counters.images == 3 and node.counters.dropped == dropped
-            assert [m.header.stamp.sec for m, _ in node._slot] == kept
-            assert not node.idle()
-        finally:
-            node.destroy_node()
+        q.put(Pending(-1, "cam", (), time.monotonic()))          # taken by the worker, which then waits
+        assert q.wait_idle(0.3) is False and q.counts() == (0, 0, True)
+        for sec in range(3):
+            q.put(Pending(sec, "cam", (), time.monotonic()))
+        assert [s for k, s in events if k == "dropped"] == list(range(3 - frame_queue))[:dropped]
+        assert not q.idle()
+        gate.set()
+        assert q.wait_idle(10)
+        assert seen == [-1] + kept
     finally:
-        rclpy.shutdown(context=context)
+        q.stop()
+
+
+def test_frames_wait_for_their_pose_in_stamp_order():
+    """The MessageFilter role: a frame is released when the pose at its stamp exists, in stamp order, even
+    when the pose comes long after the frame; a frame whose pose never comes is dropped when its wait
+    expires (counted); a pose that cannot come (an error before the timeout) releases it without one."""
+    import threading
+
+    from mvs_depth_ros.ros.node_base import FrameQueue, Pending
+    from mvs_depth_ros.ros.tf_buffer import TfBuffer
+    tf = TfBuffer(cache_time_s=100.0, max_gap_s=0.5)
+    tf.set_transform("odom", "cam", 0, np.eye(4))
+    seen, events = [], []
+    done = threading.Event()
+
+    def process(it):
+        seen.append((it.stamp, None if it.T is None else float(it.T[0, 3]), it.pose_error[:20]))
+        if len(seen) == 4:
+            done.set()
+
+    q = FrameQueue(lambda f, s, t: tf.lookup("odom", f, s, t), process,
+                   lambda k, it, t: events.append((k, it.stamp)), wait_s=2.0, slot_size=100)
+    q.start()
+    try:
+        now = time.monotonic()
+        for s in (1, 2, 3):                              # three frames before their transforms
+            q.put(Pending(s * 10**8, "cam", (), now))
+        q.put(Pending(9 * 10**9, "cam", (), now))       # never gets a transform: expires after 2 s
+        time.sleep(0.5)
+        assert seen == [] and q.counts()[0] == 4
+        for s in (1, 2, 3):
+            T = np.eye(4)
+            T[0, 3] = s
+            tf.set_transform("odom", "cam", s * 10**8, T)
+        t0 = time.monotonic()
+        assert q.wait_idle(10)
+        assert [x[:2] for x in seen] == [(10**8, 1.0), (2 * 10**8, 2.0), (3 * 10**8, 3.0)]
+        assert events == [("expired", 9 * 10**9)] and time.monotonic() - t0 > 1.0
+        # a stamp inside a gap larger than max_gap fails at once: released without a pose
+        tf.set_transform("odom", "cam", 5 * 10**9, np.eye(4))
+        q.put(Pending(4 * 10**9, "cam", (), time.monotonic()))
+        assert done.wait(5) and seen[-1][1] is None and events[-1] == ("no_pose", 4 * 10**9)
+    finally:
+        q.stop()

@@ -193,10 +193,17 @@ class PairFeeder:
                                         C.make_header(sr, "stereo_right_optical_frame")))
 
 
-def test_bad_input_is_counted_and_never_fatal(pairs):
+@pytest.mark.parametrize("sync_backend", ["message_filters", "builtin"])
+def test_bad_input_is_counted_and_never_fatal(pairs, sync_backend):
+    """Both pairings: message_filters' TimeSynchronizer (when importable) and the package's own matcher."""
     from diagnostic_msgs.msg import DiagnosticArray
     from stereo_msgs.msg import DisparityImage
-    with NodeProcess(NODE, dict(BASE_PARAMS, qos_reliability="reliable", qos_depth=20)) as proc:
+
+    from mvs_depth_ros.ros.sync import message_filters_available
+    if sync_backend == "message_filters" and not message_filters_available()[0]:
+        pytest.skip(f"{message_filters_available()[1]}: install the ../shared/ros2 wheels (CI does) to test that path")
+    with NodeProcess(NODE, dict(BASE_PARAMS, qos_reliability="reliable", qos_depth=20,
+                                sync_backend=sync_backend)) as proc:
         probe = Probe("stereo_bad_input_test")
         try:
             disp = probe.subscribe(DisparityImage, "disparity")
@@ -258,7 +265,7 @@ def test_bad_input_is_counted_and_never_fatal(pairs):
             _wait_counter(probe, diag, "predictions", 3, proc)
             assert proc.alive(), proc.output()[-3000:]
             d = _diag(diag)
-            assert int(d["errors"]) == 0, d
+            assert int(d["errors"]) == 0 and d["sync_backend"] == sync_backend, d
             assert diag[-1][1].status[0].level in (b"\x01", 1), "problems must show as WARN"
         finally:
             probe.close()

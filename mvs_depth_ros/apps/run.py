@@ -111,9 +111,9 @@ def open_source(args) -> Tuple[_FrameSource, str, Optional[List[Tuple[str, List[
             raise SystemExit("--hololens: shared data not found (set MVS_DEPTH_SHARED or place ../shared beside the repo)")
         scene_dir = str(p)
     if args.bag:
-        from ..data.bags import read_frames
+        from ..data.bags import read_frames, recorded_topics
 
-        frames = list(read_frames(args.bag))
+        frames = list(read_frames(args.bag, topics=recorded_topics(args.bag)))
         if args.frames is not None:
             frames = frames[:args.frames]
         return (_FrameSource(len(frames), lambda i: frames[i], [Path(f.name).stem for f in frames]),

@@ -354,6 +354,19 @@ def bag_custom_data(reader) -> Dict[str, str]:
     return dict(getattr(meta, "custom", None) or {})
 
 
+def recorded_topics(path: os.PathLike | str) -> BagTopics:
+    """The topic names a bag written by :func:`write_bag` was given (``--image-topic`` ...); the defaults
+    for other bags."""
+    with open_bag(path) as reader:
+        raw = bag_custom_data(reader).get(CUSTOM_SOURCE_KEY)
+    try:
+        names = json.loads(raw).get("topics", {}) if raw else {}
+    except (ValueError, AttributeError):
+        names = {}
+    known = set(BagTopics.__dataclass_fields__)
+    return BagTopics(**{k: v for k, v in names.items() if k in known and isinstance(v, str) and v})
+
+
 def frame_names(path: os.PathLike | str) -> Dict[int, str]:
     """stamp (ns) -> frame name of a bag written by :func:`write_bag` ({} for other bags)."""
     with open_bag(path) as reader:
@@ -590,6 +603,10 @@ def cli_main(argv: Optional[List[str]] = None) -> int:
     c.add_argument("--mount-frame", default=BagFrames.mount,
                    help="camera body frame: /tf goes world->mount, /tf_static mount->optical ('' = none)")
     c.add_argument("--topics", default="/camera", help="prefix of image_raw, camera_info, depth_gt")
+    c.add_argument("--image-topic", default="", help="image topic ('' = PREFIX/image_raw), e.g. /camera/color/image_raw")
+    c.add_argument("--camera-info-topic", default="", help="camera_info topic ('' = PREFIX/camera_info)")
+    c.add_argument("--depth-topic", default="", help="ground-truth depth topic ('' = PREFIX/depth_gt), e.g. "
+                   "/camera/aligned_depth_to_color/image_raw")
     i = sub.add_parser("info", help="topics, message counts and duration of a bag")
     i.add_argument("bag", type=Path)
     i.add_argument("--json", action="store_true", help="print JSON")
@@ -607,7 +624,9 @@ def cli_main(argv: Optional[List[str]] = None) -> int:
             p.error("--frames must be >= 0")
         frames, source = _frames_from_args(args)
         s = write_bag(frames, args.out, rate=args.rate, storage=args.storage,
-                      topics=BagTopics.from_prefix(args.topics),
+                      topics=BagTopics.from_prefix(args.topics).with_(**{
+                          k: v for k, v in (("image", args.image_topic), ("camera_info", args.camera_info_topic),
+                                            ("depth_gt", args.depth_topic)) if v}),
                       tf_frames=BagFrames(world=args.world_frame, camera=args.camera_frame, mount=args.mount_frame),
                       start_ns=int(round(args.start * 1e9)), source=source)
         print(f"wrote {s.path}: {s.frames} frames ({s.poses} posed, {s.depth_gt} with ground truth) "

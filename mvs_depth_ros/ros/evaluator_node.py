@@ -345,6 +345,16 @@ def _params() -> Dict[str, Tuple[object, str, dict]]:
                             "'best_effort'", {}),
         "qos_depth": (20, "subscription history depth",
                       {"integer_range": [IntegerRange(from_value=1, to_value=10000, step=1)]}),
+        "end_of_stream_topic": ("", "the depth node's end_of_stream report (diagnostic_msgs/DiagnosticStatus): once "
+                                "it and every prediction it counts have arrived, the evaluator writes its outputs and "
+                                "the process exits, 0 when every frame was processed, 1 when frames were lost or "
+                                "dropped for lack of time ('' = run until shut down)", {}),
+        "end_of_bag_topic": ("", "the player's end-of-bag report (messages sent per topic): the ground truth to wait "
+                             "for before finishing ('' = none)", {}),
+        "end_timeout": (30.0, "seconds without new input after the reports before missing messages count as lost",
+                        _frange(0.1, 3600.0)),
+        "sync_backend": ("auto", "prediction_type 'image' with a confidence topic: pair depth and confidence with "
+                         "message_filters (auto, when importable) or the package's own matcher (builtin)", {}),
     }
 
 
@@ -382,13 +392,12 @@ class EvaluatorNode(Node):  # type: ignore[misc,valid-type]
                 self.get_logger().warning(f"{gp('names_bag')}: no frame list in the bag; results named by stamp")
         self._last_warn: Dict[str, float] = {}
         self.core = EvaluatorCore(self.config, names, warn=self._warn)
+        self._finished = False
         self._log_every = int(gp("log_every"))
         self._logged_at = 0
         self._written = False
 
         qos = make_qos(str(gp("qos_reliability")), int(gp("qos_depth")))
-        self._conf_pending: Dict[int, np.ndarray] = {}
-        self._depth_pending: Dict[int, np.ndarray] = {}
         if kind == "estimate":
             from .interfaces import depth_estimate_type
             msg_t = depth_estimate_type()
@@ -396,12 +405,32 @@ class EvaluatorNode(Node):  # type: ignore[misc,valid-type]
                 raise ImportError("prediction_type 'estimate' needs mvs_depth_ros/msg/DepthEstimate, which this install "
                                   "lacks (run tools/install_ros.sh, or use prediction_type 'image')")
             self.create_subscription(msg_t, gp("prediction_topic"), self._on_estimate, qos)
+        elif gp("confidence_topic"):
+            from .sync import TopicSync
+            self._pairs = TopicSync(self, [(Image, gp("prediction_topic")), (Image, gp("confidence_topic"))], qos,
+                                    self._on_depth_and_confidence, queue_size=int(gp("max_pending")),
+                                    backend=str(gp("sync_backend")))
         else:
-            self._use_conf = bool(gp("confidence_topic"))
             self.create_subscription(Image, gp("prediction_topic"), self._on_depth, qos)
-            if self._use_conf:
-                self.create_subscription(Image, gp("confidence_topic"), self._on_confidence, qos)
-        self.create_subscription(Image, gp("gt_topic"), self._on_gt, qos)
+        gt_sub = self.create_subscription(Image, gp("gt_topic"), self._on_gt, qos)
+        self._gt_topic = gt_sub.topic_name
+        self.exit_code: Optional[int] = None   # set when the evaluation is complete (spin_node exits with it)
+        self._node_report = None
+        self._bag_report: Optional[Dict[str, int]] = None
+        self._last_input = time.monotonic()
+        if gp("end_of_stream_topic") or gp("end_of_bag_topic"):
+            from diagnostic_msgs.msg import DiagnosticStatus
+            from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+            latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            if gp("end_of_stream_topic"):
+                self.create_subscription(DiagnosticStatus, gp("end_of_stream_topic"), self._on_node_report, latched)
+            if gp("end_of_bag_topic"):
+                self.create_subscription(DiagnosticStatus, gp("end_of_bag_topic"), self._on_bag_report, latched)
+            self._end_timeout = float(gp("end_timeout"))
+            self._wait_for_node = bool(gp("end_of_stream_topic"))
+            from .node_base import steady_clock   # wall time: /clock stops with the bag
+            self.create_timer(0.2, self._check_end, clock=steady_clock())
         if float(gp("write_period")) > 0 and self.config.output_dir:
             self.create_timer(float(gp("write_period")), self.write)
         self.get_logger().info(
@@ -431,6 +460,7 @@ class EvaluatorNode(Node):  # type: ignore[misc,valid-type]
 
     # ---------------------------------------------------------------------------------- callbacks
     def _on_estimate(self, msg) -> None:
+        self._last_input = time.monotonic()
         stamp = self._stamp(msg.header)
         try:
             depth = image_to_depth(msg.depth)
@@ -444,45 +474,29 @@ class EvaluatorNode(Node):  # type: ignore[misc,valid-type]
         self._after_add()
 
     def _on_depth(self, msg) -> None:
+        self._last_input = time.monotonic()
         stamp = self._stamp(msg.header)
         try:
             depth = image_to_depth(msg)
         except ValueError as exc:
             self.core.bad_message(f"undecodable predicted depth at {stamp}: {exc}")
             return
-        if not self._use_conf:
-            self.core.add_prediction(stamp, depth)
-            self._after_add()
-            return
-        self._pair_confidence(stamp, depth=depth)
+        self.core.add_prediction(stamp, depth)
+        self._after_add()
 
-    def _on_confidence(self, msg) -> None:
-        stamp = self._stamp(msg.header)
+    def _on_depth_and_confidence(self, depth_msg, conf_msg) -> None:
+        self._last_input = time.monotonic()
+        stamp = self._stamp(depth_msg.header)
         try:
-            conf = image_to_depth(msg)
+            depth, conf = image_to_depth(depth_msg), image_to_depth(conf_msg)
         except ValueError as exc:
-            self.core.bad_message(f"undecodable confidence at {stamp}: {exc}")
+            self.core.bad_message(f"undecodable predicted depth / confidence at {stamp}: {exc}")
             return
-        self._pair_confidence(stamp, conf=conf)
-
-    def _pair_confidence(self, stamp: int, depth=None, conf=None) -> None:
-        if depth is not None:
-            conf = self._conf_pending.pop(stamp, None)
-            if conf is None:
-                self._depth_pending[stamp] = depth
-        else:
-            depth = self._depth_pending.pop(stamp, None)
-            if depth is None:
-                self._conf_pending[stamp] = conf
-        if depth is not None and conf is not None:
-            self.core.add_prediction(stamp, depth, conf)
-            self._after_add()
-        for pend in (self._conf_pending, self._depth_pending):
-            while len(pend) > self.config.max_pending:
-                pend.pop(min(pend))
-                self.core.bad_message("depth/confidence without its partner; dropped")
+        self.core.add_prediction(stamp, depth, conf)
+        self._after_add()
 
     def _on_gt(self, msg) -> None:
+        self._last_input = time.monotonic()
         stamp = self._stamp(msg.header)
         try:
             gt = image_to_depth(msg)
@@ -490,6 +504,43 @@ class EvaluatorNode(Node):  # type: ignore[misc,valid-type]
             self.core.bad_message(f"undecodable ground truth at {stamp}: {exc}")
             return
         self.core.add_ground_truth(stamp, gt)
+
+    # ------------------------------------------------------------------------------------ end of run
+    def _on_node_report(self, msg) -> None:
+        self._last_input = time.monotonic()
+        self._node_report = msg
+        self.get_logger().info(f"depth node finished: {msg.message}")
+
+    def _on_bag_report(self, msg) -> None:
+        self._last_input = time.monotonic()
+        self._bag_report = {kv.key: int(kv.value) for kv in msg.values if kv.value.isdigit()}
+
+    def _check_end(self) -> None:
+        """Finish once the depth node's report (and the player's) are in and every message they count has
+        arrived -- or after ``end_timeout`` seconds without input, counting what is missing."""
+        if self.exit_code is not None or (self._wait_for_node and self._node_report is None) or \
+                (not self._wait_for_node and self._bag_report is None):
+            return
+        c = self.core.counters
+        report = {kv.key: kv.value for kv in self._node_report.values} if self._node_report is not None else {}
+        want_pred = int(report.get("predictions", 0))
+        want_gt = (self._bag_report or {}).get(self._gt_topic, 0)
+        complete = c.predictions >= want_pred and c.ground_truth >= want_gt
+        if not complete and time.monotonic() - self._last_input < self._end_timeout:
+            return
+        problems = []
+        if self._node_report is not None and self._node_report.level != b"\x00":
+            problems.append(f"depth node: {self._node_report.message}")
+        if c.predictions < want_pred:
+            problems.append(f"{want_pred - c.predictions} of {want_pred} predictions never arrived")
+        if c.ground_truth < want_gt:
+            problems.append(f"{want_gt - c.ground_truth} of {want_gt} ground-truth images never arrived")
+        self.finish()
+        if problems:
+            self.get_logger().error("evaluation INCOMPLETE: " + "; ".join(problems))
+        else:
+            self.get_logger().info(f"evaluation complete: {c.evaluated} keyframes evaluated, every frame processed")
+        self.exit_code = 1 if problems else 0
 
     # ------------------------------------------------------------------------------------ results
     def write(self) -> Optional[Path]:
@@ -500,6 +551,7 @@ class EvaluatorNode(Node):  # type: ignore[misc,valid-type]
 
     def finish(self) -> Optional[Path]:
         """End of input: count the unmatched, log the totals, write the outputs."""
+        self._finished = True
         self.core.finish()
         s = self.core.summary()
         d = s.get("dense") or {}
@@ -513,32 +565,20 @@ class EvaluatorNode(Node):  # type: ignore[misc,valid-type]
 
     def destroy_node(self):
         try:
-            self.finish()
+            if not self._finished:
+                self.finish()
         except Exception as exc:  # noqa: BLE001 - shutting down; say why the files are missing
             self.get_logger().error(f"could not write the evaluation outputs: {exc}")
         return super().destroy_node()
 
 
 def main(args=None) -> int:
+    """``ros2 run mvs_depth_ros evaluator_node``: until SIGINT / SIGTERM, or the end of an evaluated bag."""
     if _RCLPY_ERROR is not None:
         print(f"evaluator_node: rclpy is not available ({_RCLPY_ERROR})", file=sys.stderr)
         return 2
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = EvaluatorNode()
-        rclpy.spin(node)
-        return 0
-    except (ValueError, ImportError) as exc:
-        print(f"evaluator_node: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    from .node_main import spin_node
+    return spin_node(EvaluatorNode, "evaluator_node", args, large_messages=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

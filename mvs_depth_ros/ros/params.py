@@ -106,6 +106,34 @@ def with_changes(config: Any, changes: Dict[str, Any]) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------
+# every depth node
+# ---------------------------------------------------------------------------------------------------
+
+#: parameters every depth node declares (merged into the nodes' tables)
+COMMON_SPECS: Dict[str, Spec] = {
+    "approximate_sync": Spec(False, "pair the input topics (image + camera_info; stereo: left/right images + camera_infos) "
+                                    "by nearest stamp instead of equal stamps"),
+    "approximate_sync_tolerance_seconds": Spec(0.005, "approximate_sync: largest stamp difference within a set, s",
+                                               0.0, 10.0),
+    "queue_size": Spec(5, "unmatched messages kept per input topic while waiting for the others", 1, 1000),
+    "tf_timeout": Spec(0.1, "seconds an input waits for the transform at its stamp (tf2 MessageFilter): released "
+                            "as soon as it arrives, dropped and counted (tf_expired) when the wait expires",
+                       0.0, 3600.0, read_only=False),
+    "frame_queue": Spec(1, "inputs waiting for the model: 1 = latest wins (live: a slow model drops inputs, "
+                           "counted, never queues latency); N > 1 = keep up to N in order, dropping the oldest "
+                           "when full (bag evaluation: every input processed)", 1, 100000),
+    "sync_backend": Spec("auto", "stamp pairing of the input topics: message_filters (when importable; auto) or "
+                                 "the package's own matcher (builtin)", choices=("auto", "message_filters", "builtin")),
+    "end_of_bag_topic": Spec("", "bag evaluation: the player's end-of-bag report (diagnostic_msgs/DiagnosticStatus, "
+                                 "images sent per topic); the node then publishes its end_of_stream report once "
+                                 "every image is accounted for ('' = off)"),
+    "end_timeout": Spec(30.0, "after the end of the bag, seconds without a new image before the missing ones count "
+                              "as lost", 0.1, 3600.0),
+}
+
+
+
+# ---------------------------------------------------------------------------------------------------
 # mvs_node
 # ---------------------------------------------------------------------------------------------------
 
@@ -140,7 +168,6 @@ MVS_SPECS: Dict[str, Spec] = {
     "world_frame": Spec("odom", "continuous world frame of the poses (REP 105)"),
     "camera_frame": Spec("", "camera optical frame ('' = the image header's frame_id)"),
     "tf_backend": Spec("auto", "tf implementation", choices=("auto", "tf2_ros", "builtin")),
-    "tf_timeout": Spec(0.1, "seconds to wait for the pose at an image stamp", 0.0, 10.0, read_only=False),
     "tf_cache_time": Spec(10.0, "seconds of transforms kept", 0.1, 3600.0),
     "tf_max_gap": Spec(0.5, "largest time between two transforms to interpolate across, seconds", 1e-3, 3600.0),
     "pose_tolerance": Spec(0.02, "pose topic: largest |pose stamp - image stamp|, seconds", 0.0, 10.0),
@@ -152,14 +179,12 @@ MVS_SPECS: Dict[str, Spec] = {
     "qos_reliability": Spec("best_effort", "input subscriptions (REP 2003 sensor data)",
                             choices=("best_effort", "reliable")),
     "qos_depth": Spec(5, "input queue depth", 1, 1000),
-    "frame_queue": Spec(1, "frames waiting for the model: 1 = latest frame wins (live: a slow model drops frames, "
-                           "counted, never queues latency); N > 1 = keep up to N in order, dropping the oldest "
-                           "when full (bag evaluation: every frame processed)", 1, 100000),
     "output_qos_reliability": Spec("reliable", "output publishers", choices=("best_effort", "reliable")),
     "output_qos_depth": Spec(5, "output queue depth", 1, 1000),
     # diagnostics / logs
     "diagnostics_period": Spec(1.0, "seconds between /diagnostics messages", 0.05, 60.0),
     "warn_period": Spec(5.0, "the same warning is logged at most once per this many seconds", 0.0, 3600.0),
+    **COMMON_SPECS,
 }
 
 
@@ -202,6 +227,12 @@ class MvsConfig:
     output_qos_depth: int
     diagnostics_period: float
     warn_period: float
+    approximate_sync: bool
+    approximate_sync_tolerance_seconds: float
+    queue_size: int
+    sync_backend: str
+    end_of_bag_topic: str
+    end_timeout: float
 
     def __post_init__(self) -> None:
         from ..models.registry import available_models

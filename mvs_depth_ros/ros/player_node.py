@@ -31,6 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -101,6 +102,9 @@ _PARAMS = {
     "qos_depth": (10, "history depth of the volatile publishers",
                   {"integer_range": [IntegerRange(from_value=1, to_value=10000, step=1)]}),
     "autostart": (True, "start playback in the constructor (else call start())", {}),
+    "end_of_bag_topic": ("/end_of_bag", "at the end of the bag, a transient-local diagnostic_msgs/DiagnosticStatus "
+                         "with the number of messages sent per topic ('' = none); the process waits up to 10 s for "
+                         "its subscribers to acknowledge it before exiting", {}),
 }
 
 
@@ -146,6 +150,11 @@ class PlayerNode(Node):
         self._bag_pubs: Dict[str, object] = {}
         self._inspect_bag()
         self._clock_pub = self.create_publisher(Clock, "/clock", 10) if self.config.clock else None
+        self._end_pub = None
+        if gp("end_of_bag_topic"):
+            from diagnostic_msgs.msg import DiagnosticStatus
+            self._end_pub = self.create_publisher(DiagnosticStatus, gp("end_of_bag_topic"), QoSProfile(
+                depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
         if gp("autostart"):
             self.start()
 
@@ -255,6 +264,7 @@ class PlayerNode(Node):
                     + (f", {skipped} skipped (unsupported types on {', '.join(sorted(c.unsupported))})"
                        if skipped else "")
                     + f", max lateness {c.max_lateness_s * 1e3:.1f} ms")
+                self._announce_end()
         except BagError as exc:
             self.error = str(exc)
             self.get_logger().error(str(exc))
@@ -263,6 +273,26 @@ class PlayerNode(Node):
             self.get_logger().error(f"playback stopped: {self.error}")
         finally:
             self.finished.set()
+
+    def _announce_end(self) -> None:
+        """The end-of-bag report: messages sent per topic (evaluator / depth nodes compare their counts)."""
+        if self._end_pub is None:
+            return
+        from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+        sent = self.counters.published
+        msg = DiagnosticStatus(level=DiagnosticStatus.OK, name=f"{self.get_name()}: end of bag",
+                               message=f"{sum(sent.values())} messages sent", hardware_id=self.config.bag,
+                               values=[KeyValue(key=t, value=str(n)) for t, n in sorted(sent.items())])
+        self._end_pub.publish(msg)
+        if not self._end_pub.wait_for_all_acked(Duration(seconds=10.0)):
+            self.get_logger().warning("end-of-bag report: not every subscriber acknowledged it within 10 s")
+
+    @property
+    def exit_code(self) -> Optional[int]:
+        """None while playing (or looping); 0 once the bag has been played and announced, 1 on a playback error."""
+        if not self.finished.is_set():
+            return None
+        return 1 if self.error else 0
 
     def _play_once(self, publish_static: bool) -> None:
         cfg = self.config
@@ -311,23 +341,9 @@ class PlayerNode(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = PlayerNode()
-        while rclpy.ok() and not node.finished.is_set():
-            rclpy.spin_once(node, timeout_sec=0.1)
-        return 1 if node.error else 0
-    except (BagError, ValueError) as exc:
-        print(f"player_node: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    """``ros2 run mvs_depth_ros player_node --ros-args -p bag:=PATH``: exits when the bag has been played."""
+    from .node_main import spin_node
+    return spin_node(PlayerNode, "player_node", args, large_messages=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

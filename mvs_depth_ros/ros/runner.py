@@ -20,7 +20,9 @@ import ast
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,6 +166,7 @@ class NodeSpec:
     params: Dict[str, Any] = field(default_factory=dict)
     remaps: List[Tuple[str, str]] = field(default_factory=list)
     optional: bool = False           # skipped with a warning when its module is not in this install
+    ends_run: bool = False           # its exit_code (or end_report) ends the run with that status
 
     def parameters(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {}
@@ -200,11 +203,13 @@ def _stereo(a: Dict[str, str], share: Path) -> List[NodeSpec]:
     params = {"model": a["model"], "checkpoint": a["checkpoint"], "device": a["device"],
               "temporal": _bool(a["temporal"]), "world_frame": a["world_frame"],
               "approximate_sync": _bool(a["approximate_sync"]), "use_sim_time": _bool(a["use_sim_time"]) or bool(bag)}
-    if bag:
-        params["qos_reliability"] = "reliable"  # a played bag must not lose pairs to best effort
+    if bag:   # a played bag must not lose pairs: reliable, every pair in order, the end of the bag reported
+        params.update(qos_reliability="reliable", frame_queue=1000, qos_depth=100, queue_size=100,
+                      end_of_bag_topic="/end_of_bag")
     specs = [NodeSpec("mvs_depth_ros.ros.stereo_node:StereoNode", "stereo_node", a["namespace"], [cfg], params,
                       [("left/image_rect", a["left_image"]), ("right/image_rect", a["right_image"]),
-                       ("left/camera_info", a["left_info"]), ("right/camera_info", a["right_info"])])]
+                       ("left/camera_info", a["left_info"]), ("right/camera_info", a["right_info"])],
+                      ends_run=bool(bag))]
     if bag:
         specs.insert(0, NodeSpec("mvs_depth_ros.ros.player_node:PlayerNode", "player", "",
                                  [share / "config" / "player.yaml"],
@@ -224,17 +229,26 @@ def _eval_bag(a: Dict[str, str], share: Path) -> List[NodeSpec]:
     if not dataset.is_file():
         known = sorted(p.stem for p in (cfg / "datasets").glob("*.yaml"))
         raise LaunchError(f"unknown dataset {a['dataset']!r}: no {dataset} (known: {', '.join(known)})")
+    try:
+        tf_wait, tolerance = float(a["tf_wait"]), float(a["gt_stamp_tolerance"])
+    except ValueError as exc:
+        raise LaunchError(f"tf_wait / gt_stamp_tolerance must be numbers: {exc}") from None
+    end_of_bag, end_of_stream = "/end_of_bag", "/mvs/end_of_stream"   # as launch/eval_bag.launch.py
     return [
         # autostart off: the runner starts playback once every node of the graph exists
         NodeSpec("mvs_depth_ros.ros.player_node:PlayerNode", "player", "", [cfg / "player.yaml", dataset],
-                 {"bag": a["bag"], "rate": float(a["rate"]), "wait_for_topics": ["/camera/image_raw"],
-                  "wait_timeout": 60.0, "autostart": False}),
+                 {"bag": a["bag"], "rate": float(a["rate"]), "wait_for_topics": [a["image"]],
+                  "wait_timeout": 60.0, "autostart": False, "end_of_bag_topic": end_of_bag}),
         NodeSpec("mvs_depth_ros.ros.mvs_node:MvsNode", "mvs_node", "mvs", [dataset],
-                 {"use_sim_time": True, "model": a["model"], "qos_reliability": "reliable", "frame_queue": 1000},
-                 [("image", "/camera/image_raw"), ("camera_info", "/camera/camera_info")]),
+                 {"use_sim_time": True, "model": a["model"], "qos_reliability": "reliable", "frame_queue": 1000,
+                  "qos_depth": 100, "queue_size": 100, "camera_frame": a["camera_frame"], "tf_timeout": tf_wait,
+                  "end_of_bag_topic": end_of_bag},
+                 [("image", a["image"]), ("camera_info", a["camera_info"])]),
         NodeSpec("mvs_depth_ros.ros.evaluator_node:EvaluatorNode", "evaluator", "",
                  [cfg / "evaluator.yaml", dataset],
-                 {"use_sim_time": True, "output_dir": a["output_dir"], "names_bag": a["bag"]}),
+                 {"use_sim_time": True, "output_dir": a["output_dir"], "names_bag": a["bag"], "gt_topic": a["gt_depth"],
+                  "match_tolerance": tolerance, "end_of_stream_topic": end_of_stream, "end_of_bag_topic": end_of_bag},
+                 ends_run=True),
     ]
 
 
@@ -311,17 +325,35 @@ def _instantiate(spec: NodeSpec, context):
                     cli_args=cli if len(cli) > 1 else None)
 
 
-def run(specs: List[NodeSpec], duration: float = 0.0, eval_bag: bool = False) -> int:
-    """Start the nodes, spin them until Ctrl-C / ``duration`` / the end of an evaluated bag."""
+def _end_status(node) -> Optional[int]:
+    """The exit status a run-ending node asks for: its ``exit_code`` (evaluator), or 0 / 1 from its
+    ``end_report`` (a depth node's end-of-stream report: OK / not); None while it runs."""
+    code = getattr(node, "exit_code", None)
+    if code is not None:
+        return int(code)
+    report = getattr(node, "end_report", None)
+    if report is not None:
+        return 0 if report.level in (b"\x00", 0) else 1
+    return None
+
+
+def run(specs: List[NodeSpec], duration: float = 0.0) -> int:
+    """Start the nodes, spin them until Ctrl-C / SIGTERM / ``duration`` / the end of a played bag (the node of
+    the spec with ``ends_run`` says so: the evaluator, or the stereo node; its status is the run's)."""
     os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(share_dir() / "config" / "fastdds_profile.xml"))
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
     from .conversions import tune_allocator_for_large_messages
     tune_allocator_for_large_messages()
+    from rclpy.signals import SignalHandlerOptions
     context = rclpy.context.Context()
-    rclpy.init(args=[], context=context)
+    stop = threading.Event()   # SIGINT / SIGTERM: stop spinning, destroy the nodes while the context is valid
+    previous = ({sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+                if threading.current_thread() is threading.main_thread() else {})
+    rclpy.init(args=[], context=context, signal_handler_options=SignalHandlerOptions.NO)
     nodes = []
+    ender = None
     rc = 0
     # single-threaded: see node_main.spin_node (the multi-threaded executor starved the nodes' workers)
     executor = SingleThreadedExecutor(context=context)
@@ -332,19 +364,23 @@ def run(specs: List[NodeSpec], duration: float = 0.0, eval_bag: bool = False) ->
                 nodes.append(node)
                 executor.add_node(node)
                 log.info("started %s (%s)", node.get_fully_qualified_name(), spec.target)
+                if spec.ends_run:
+                    ender = node
         for node in nodes:  # sources created with autostart:=false begin once the whole graph exists
             if hasattr(node, "start") and node.has_parameter("autostart") and not node.get_parameter("autostart").value:
                 node.start()
         t_end = time.monotonic() + duration if duration > 0 else None
-        player = next((n for n in nodes if hasattr(n, "finished") and hasattr(n, "played_topics")), None)
-        while context.ok():
+        while context.ok() and not stop.is_set():
             executor.spin_once(timeout_sec=0.1)
             if t_end is not None and time.monotonic() >= t_end:
                 log.info("duration reached: stopping")
                 break
-            if eval_bag and player is not None and player.finished.is_set():
-                log.info("bag played: waiting for the depth node to finish its last frame")
-                _drain(executor, nodes, context)
+            code = _end_status(ender) if ender is not None else None
+            if code is not None:
+                rc = code
+                if code:
+                    print(f"mvs-depth launch: run incomplete ({ender.get_name()} ended with status {code}; its log "
+                          f"says which frames were lost or dropped)", file=sys.stderr)
                 break
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
@@ -364,21 +400,9 @@ def run(specs: List[NodeSpec], duration: float = 0.0, eval_bag: bool = False) ->
         executor.shutdown()
         if context.ok():
             rclpy.shutdown(context=context)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return rc
-
-
-def _drain(executor, nodes, context, timeout: float = 60.0) -> None:
-    """Spin until every node reporting ``idle()`` is idle (and a moment longer for the last messages)."""
-    t_end = time.monotonic() + timeout
-    quiet_since = None
-    while context.ok() and time.monotonic() < t_end:
-        executor.spin_once(timeout_sec=0.05)
-        if all(n.idle() for n in nodes if hasattr(n, "idle")):
-            quiet_since = quiet_since or time.monotonic()
-            if time.monotonic() - quiet_since > 1.0:
-                return
-        else:
-            quiet_since = None
 
 
 def cli_main(argv: Optional[Sequence[str]] = None) -> int:
@@ -410,8 +434,8 @@ def cli_main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"mvs-depth launch: rclpy is not importable ({exc}); run tools/install_ros.sh or source ROS 2",
               file=sys.stderr)
         return 2
-    # runs that play a bag stop by themselves when it has been played and the last frame is done
-    return run(specs, duration, eval_bag=(profile == "eval-bag" or (profile == "stereo" and bool(args.get("bag")))))
+    # runs that play a bag stop by themselves when it has been played and every frame is accounted for
+    return run(specs, duration)
 
 
 if __name__ == "__main__":  # pragma: no cover

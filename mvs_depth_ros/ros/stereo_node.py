@@ -32,20 +32,14 @@ the node.
 """
 from __future__ import annotations
 
-import bisect
 import sys
-import threading
 import time
-import traceback
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rcl_interfaces.msg import SetParametersResult
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, RegionOfInterest
 from stereo_msgs.msg import DisparityImage
 
@@ -56,11 +50,11 @@ from ..models.registry import DEFAULT_STEREO_MODEL, available_stereo_models, cre
 from ..models.stereo.sgbm import SGBMConfig
 from ..models.stereo.temporal import TemporalConfig, TemporalStereo
 from . import conversions as C
-from .diagnostics import RateLimitedLog, RateWindow, Stats, make_status, publish_status
+from .node_base import BaseCounters, DepthNodeBase, Pending
 from .node_main import spin_node
-from .params import ParameterError, Spec, declare_all, live_changes, with_changes
-from .qos import diagnostics_qos, make_qos
-from .tf_buffer import TransformError, make_tf_lookup
+from .params import COMMON_SPECS, ParameterError, Spec
+from .qos import make_qos
+from .sync import PairSynchronizer, TopicSync  # noqa: F401 - PairSynchronizer: the pairing policy, re-exported
 
 # ---------------------------------------------------------------------------------------------------
 # parameters
@@ -104,10 +98,6 @@ STEREO_SPECS: Dict[str, Spec] = {
     "time_jump_reset": Spec(1.0, "a stamp this far behind the last (s) resets everything (bag loop); smaller "
                                  "backward steps drop the pair", 0.0, 3600.0),
     # synchronisation (stereo_image_proc names)
-    "approximate_sync": Spec(False, "pair left/right images by nearest stamp instead of equal stamps"),
-    "approximate_sync_tolerance_seconds": Spec(0.005, "approximate_sync: largest |left - right| stamp, s",
-                                               0.0, 10.0),
-    "queue_size": Spec(5, "unmatched images kept per side while waiting for the other side", 1, 1000),
     # live-tunable outputs
     "confidence_threshold": Spec(0.0, "disparity/depth/points below this confidence are invalid (0 = keep all)",
                                  0.0, 1.0, read_only=False),
@@ -122,7 +112,6 @@ STEREO_SPECS: Dict[str, Spec] = {
     "camera_frame": Spec("", "left optical frame of the outputs ('' = the left image header's frame_id)"),
     "world_frame": Spec("", "continuous world frame for the temporal warp ('' = no poses; REP 105 odom)"),
     "tf_backend": Spec("auto", "tf implementation", choices=("auto", "tf2_ros", "builtin")),
-    "tf_timeout": Spec(0.1, "seconds to wait for the pose at an image stamp", 0.0, 10.0, read_only=False),
     "tf_cache_time": Spec(10.0, "seconds of transforms kept", 0.1, 3600.0),
     "tf_max_gap": Spec(0.5, "largest time between two transforms to interpolate across, s", 1e-3, 3600.0),
     # QoS
@@ -134,6 +123,7 @@ STEREO_SPECS: Dict[str, Spec] = {
     # diagnostics / logs
     "diagnostics_period": Spec(1.0, "seconds between /diagnostics messages", 0.05, 60.0),
     "warn_period": Spec(5.0, "the same warning is logged at most once per this many seconds", 0.0, 3600.0),
+    **COMMON_SPECS,
 }
 
 
@@ -185,6 +175,10 @@ class StereoConfig:
     output_qos_depth: int
     diagnostics_period: float
     warn_period: float
+    frame_queue: int
+    sync_backend: str
+    end_of_bag_topic: str
+    end_timeout: float
 
     def __post_init__(self) -> None:
         try:
@@ -220,105 +214,18 @@ class StereoConfig:
 
 
 # ---------------------------------------------------------------------------------------------------
-# pairing
-# ---------------------------------------------------------------------------------------------------
-
-class PairSynchronizer:
-    """Pairs left/right messages by stamp (no rclpy; the policy of ``message_filters``' synchronisers).
-
-    ``add(side, stamp_ns, msg)`` (side 0 = left, 1 = right) returns ``(pair or None, dropped)``: a pair
-    ``(stamp_left, left_msg, right_msg)`` as soon as both sides have a match -- equal stamps, or with
-    ``approximate`` the nearest stamp of the other side within ``tolerance_s``. When a pair is made, every
-    older unmatched message of either side can no longer be matched and is dropped; a side holding more
-    than ``queue_size`` unmatched messages drops its oldest. ``dropped`` counts those messages.
-    """
-
-    def __init__(self, approximate: bool = False, tolerance_s: float = 0.0, queue_size: int = 5):
-        if queue_size < 1 or tolerance_s < 0:
-            raise ValueError(f"need queue_size >= 1 and tolerance_s >= 0, got {queue_size}, {tolerance_s}")
-        self.approximate = bool(approximate)
-        self.tolerance_ns = int(round(tolerance_s * 1e9)) if approximate else 0
-        self.queue_size = int(queue_size)
-        self._q: Tuple[List[Tuple[int, Any]], List[Tuple[int, Any]]] = ([], [])
-        self._lock = threading.Lock()
-
-    def clear(self) -> int:
-        with self._lock:
-            n = len(self._q[0]) + len(self._q[1])
-            self._q[0].clear()
-            self._q[1].clear()
-            return n
-
-    def pending(self) -> Tuple[int, int]:
-        return len(self._q[0]), len(self._q[1])
-
-    def _match(self, other: List[Tuple[int, Any]], stamp: int) -> Optional[int]:
-        if not other:
-            return None
-        stamps = [s for s, _ in other]
-        k = bisect.bisect_left(stamps, stamp)
-        best = min((j for j in (k - 1, k) if 0 <= j < len(other)), key=lambda j: abs(stamps[j] - stamp))
-        return best if abs(stamps[best] - stamp) <= self.tolerance_ns else None
-
-    def add(self, side: int, stamp_ns: int, msg: Any) -> Tuple[Optional[Tuple[int, Any, Any]], int]:
-        if side not in (0, 1):
-            raise ValueError(f"side must be 0 (left) or 1 (right), got {side}")
-        stamp_ns = int(stamp_ns)
-        with self._lock:
-            mine, other = self._q[side], self._q[1 - side]
-            j = self._match(other, stamp_ns)
-            if j is None:
-                stamps = [s for s, _ in mine]
-                k = bisect.bisect_left(stamps, stamp_ns)
-                dropped = 0
-                if k < len(mine) and mine[k][0] == stamp_ns:
-                    mine[k] = (stamp_ns, msg)    # a repeated stamp replaces the earlier message
-                    dropped = 1
-                else:
-                    mine.insert(k, (stamp_ns, msg))
-                while len(mine) > self.queue_size:
-                    mine.pop(0)
-                    dropped += 1
-                return None, dropped
-            s_other, m_other = other.pop(j)
-            # everything older than the pair on either side can no longer be paired
-            dropped = 0
-            for q, s in ((mine, stamp_ns), (other, s_other)):
-                n = bisect.bisect_left([x for x, _ in q], s)
-                del q[:n]
-                dropped += n
-            left, right = (msg, m_other) if side == 0 else (m_other, msg)
-            return ((stamp_ns if side == 0 else s_other), left, right), dropped
-
-
-# ---------------------------------------------------------------------------------------------------
 # node
 # ---------------------------------------------------------------------------------------------------
 
 @dataclass
-class StereoNodeCounters:
+class StereoNodeCounters(BaseCounters):
     left_images: int = 0          # left image messages received
     right_images: int = 0
     pairs: int = 0                # synchronised pairs
     unsynchronized: int = 0       # images dropped without a partner (stamps never matched)
-    processed: int = 0            # pairs given to the pipeline
-    dropped: int = 0              # pairs replaced in the slot before the worker took them (model too slow)
-    rejected_encoding: int = 0
-    rejected_corrupt: int = 0     # undecodable image / camera_info, empty frame_id
-    no_camera_info: int = 0       # pair before camera_info of both sides
-    camera_info_mismatch: int = 0  # camera_info size differs from the images (and not a rescale)
     bad_calibration: int = 0      # right P without a baseline (Tx), non-finite P
     size_mismatch: int = 0        # left and right images of a pair differ in size
-    stamp_backwards: int = 0      # dropped: stamp not after the previous pair's
-    time_jumps: int = 0           # large backward jumps: everything reset
-    size_changes: int = 0
-    tf_failures: int = 0          # no pose at the stamp (world_frame set)
-    predictions: int = 0          # disparity/depth published
-    errors: int = 0               # unexpected exceptions in the worker (logged with traceback)
-
-
-def _overrides(parameter_overrides: Optional[Sequence[Parameter]], params: Dict[str, Any]) -> List[Parameter]:
-    return list(parameter_overrides or []) + [Parameter(k, value=v) for k, v in params.items()]
+    bad_poses: int = 0            # transforms rejected
 
 
 def _disparity_range(estimator, width: int) -> Tuple[float, float, float]:
@@ -332,18 +239,21 @@ def _disparity_range(estimator, width: int) -> Tuple[float, float, float]:
     return lo, hi, float(getattr(base, "disparity_step", 0.0))
 
 
-class StereoNode(Node):
+class StereoNode(DepthNodeBase):
     """See the module docstring. Keyword arguments are parameter overrides (``StereoNode(num_disparities=32)``)."""
+
+    SPECS = STEREO_SPECS
+    CONFIG = StereoConfig
+    COUNTERS = StereoNodeCounters
+    TITLE = "stereo depth"
+    INPUT = "pair"
 
     def __init__(self, node_name: str = "stereo_node", *, namespace: Optional[str] = None, context=None,
                  parameter_overrides: Optional[Sequence[Parameter]] = None, cli_args=None, **params):
-        super().__init__(node_name, namespace=namespace, context=context, cli_args=cli_args,
-                         parameter_overrides=_overrides(parameter_overrides, params))
-        self.config = StereoConfig.from_values(declare_all(self, STEREO_SPECS))
+        super().__init__(node_name, namespace=namespace, context=context, parameter_overrides=parameter_overrides,
+                         cli_args=cli_args, **params)
         cfg = self.config
         log = self.get_logger()
-        self.counters = StereoNodeCounters()
-        self._warn = RateLimitedLog(log.warning, cfg.warn_period)
 
         # core ------------------------------------------------------------------------------------------
         uses_sgbm = cfg.model == DEFAULT_STEREO_MODEL or not cfg.checkpoint
@@ -355,91 +265,62 @@ class StereoNode(Node):
         self.estimator = TemporalStereo(base, cfg.temporal_config()) if cfg.temporal else base
         self.model_name = getattr(self.estimator, "name", cfg.model)
         self.pipeline = StereoPipeline(self.estimator, StereoPipelineConfig(max_gap_s=cfg.max_gap))
-        self.sync = PairSynchronizer(cfg.approximate_sync, cfg.approximate_sync_tolerance_seconds, cfg.queue_size)
-
-        # state -----------------------------------------------------------------------------------------
         self._info: List[Optional[CameraInfo]] = [None, None]
-        self._distortion_warned = False
-        self._last_stamp: Optional[int] = None
-        self._last_size: Optional[Tuple[int, int]] = None
         self._last_geometry: Tuple[float, float, float] = (0.0, 0.0, 0.0)  # fx, baseline, doffs
-        self._slot: Optional[tuple] = None           # (stamp, left Image, right Image, receive monotonic time)
-        self._slot_cv = threading.Condition()
-        self._busy = False
-        self._stop = threading.Event()
-        self._rate_in, self._rate_out = RateWindow(), RateWindow()
-        self._latency, self._compute, self._overhead, self._publish_ms = Stats(), Stats(), Stats(), Stats()
-        self._last_error = ""
 
         # I/O -------------------------------------------------------------------------------------------
         in_qos = make_qos(cfg.qos_reliability, cfg.qos_depth)
         out_qos = make_qos(cfg.output_qos_reliability, cfg.output_qos_depth)
         self._io_group = MutuallyExclusiveCallbackGroup()
         self._tf_group = MutuallyExclusiveCallbackGroup()
-        self.create_subscription(Image, "left/image_rect", lambda m: self._on_image(0, m), in_qos,
-                                 callback_group=self._io_group)
-        self.create_subscription(Image, "right/image_rect", lambda m: self._on_image(1, m), in_qos,
-                                 callback_group=self._io_group)
+        # left + right of the same stamp (message_filters when importable); camera_infos: the latest per side
+        self.sync = TopicSync(self, [(Image, "left/image_rect"), (Image, "right/image_rect")], in_qos, self._on_pair,
+                              approximate=cfg.approximate_sync, tolerance_s=cfg.approximate_sync_tolerance_seconds,
+                              queue_size=cfg.queue_size, backend=cfg.sync_backend, callback_group=self._io_group)
         self.create_subscription(CameraInfo, "left/camera_info", lambda m: self._on_camera_info(0, m), in_qos,
                                  callback_group=self._io_group)
         self.create_subscription(CameraInfo, "right/camera_info", lambda m: self._on_camera_info(1, m), in_qos,
                                  callback_group=self._io_group)
-        self.tf = None
-        self.tf_backend = "off"
-        self._tf_unavailable = ""
         if cfg.world_frame:
-            try:
-                self.tf, self.tf_backend = make_tf_lookup(self, cfg.tf_backend, cfg.tf_cache_time, cfg.tf_max_gap,
-                                                          on_error=lambda t: self._warn("tf_reject", t),
-                                                          callback_group=self._tf_group)
-            except (RuntimeError, ImportError) as exc:
-                self._tf_unavailable = str(exc)
-                self.tf_backend = "unavailable"
-                log.error(f"world_frame {cfg.world_frame!r} set but tf is unavailable: {exc}; the temporal filter "
-                          f"runs without poses")
+            self._make_tf(cfg.world_frame, self._tf_group)
+            if self.tf is None:
+                log.error("the temporal filter runs without poses")
         self.pub_disp = self.create_publisher(DisparityImage, "disparity", out_qos)
         self.pub_depth = self.create_publisher(Image, "depth", out_qos)
         self.pub_conf = self.create_publisher(Image, "confidence", out_qos)
         self.pub_info = self.create_publisher(CameraInfo, "depth/camera_info", out_qos)
         self.pub_points = self.create_publisher(PointCloud2, "points", out_qos)
-        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", diagnostics_qos())
-        self._diag_timer = self.create_timer(cfg.diagnostics_period, self.publish_diagnostics,
-                                             callback_group=self._io_group)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._start(self._resolve_pose if cfg.world_frame else None, self._io_group)
 
-        self._worker = threading.Thread(target=self._work, name="stereo_worker", daemon=True)
-        self._worker.start()
         sync = (f"approximate (tolerance {cfg.approximate_sync_tolerance_seconds:g} s)" if cfg.approximate_sync
                 else "exact")
-        log.info(f"{self.estimator.describe()}; {sync} pairing, queue {cfg.queue_size}; poses: "
-                 + (f"TF {cfg.world_frame!r} ({self.tf_backend})" if cfg.world_frame else "none"))
+        log.info(f"{self.estimator.describe()}; {sync} pairing by {self.sync.backend}, queue {cfg.queue_size}; "
+                 f"poses: " + (f"TF {cfg.world_frame!r} ({self.tf_backend})" if cfg.world_frame else "none"))
         if cfg.temporal and cfg.temporal_use_poses and not cfg.world_frame:
             log.info("temporal filter without poses (world_frame ''): right for a still rig; set world_frame "
                      "to warp the state with the camera motion")
 
     # ------------------------------------------------------------------------------------ callbacks
-    def _on_image(self, side: int, msg: Image) -> None:
-        if side == 0:
-            self.counters.left_images += 1
-            self._rate_in.tick()
-        else:
-            self.counters.right_images += 1
-        pair, dropped = self.sync.add(side, C.stamp_to_ns(msg.header.stamp), msg)
-        if dropped:
-            self.counters.unsynchronized += dropped
-            n_l, n_r = self.sync.pending()
-            self._warn("unsync", f"{dropped} image(s) dropped without a partner of equal stamp"
-                       + (f" (within {self.config.approximate_sync_tolerance_seconds:g} s)"
-                          if self.config.approximate_sync else " (set approximate_sync for unsynchronised cameras)")
-                       + f"; waiting: {n_l} left, {n_r} right")
-        if pair is None:
+    def _on_pair(self, left_msg: Image, right_msg: Image) -> None:
+        """A synchronised pair: decoded and checked here (bad input never waits for a pose), then queued."""
+        left = self.decode(left_msg, "left image")
+        right = self.decode(right_msg, "right image") if left is not None else None
+        if right is None:
             return
-        with self._slot_cv:
-            self.counters.pairs += 1
-            if self._slot is not None:
-                self.counters.dropped += 1
-            self._slot = pair + (time.monotonic(),)
-            self._slot_cv.notify()
+        if left.shape != right.shape:
+            self.counters.size_mismatch += 1
+            self._warn("size_mismatch", f"left {left.shape[1]}x{left.shape[0]} and right {right.shape[1]}x"
+                                        f"{right.shape[0]} images differ in size: pair dropped")
+            return
+        frame_id = self.config.camera_frame or left_msg.header.frame_id
+        if not frame_id:
+            self.counters.rejected_corrupt += 1
+            self._warn("frame_id", "left image has an empty header.frame_id and no camera_frame parameter is set")
+            return
+        self.submit(C.stamp_to_ns(left_msg.header.stamp), frame_id, (left_msg, left, right))
+
+    def input_count(self) -> Tuple[str, int]:
+        return self.sync.topics[0], self.sync.received[0]
 
     def _on_camera_info(self, side: int, msg: CameraInfo) -> None:
         try:
@@ -448,57 +329,16 @@ class StereoNode(Node):
             self.counters.rejected_corrupt += 1
             self._warn(f"camera_info{side}", f"{('left', 'right')[side]} camera_info rejected: {exc}")
             return
-        if D.size and np.any(D != 0) and not self._distortion_warned:
-            self._distortion_warned = True
-            self.get_logger().warning(
-                f"camera_info has non-zero distortion {D.tolist()}: this node expects rectified images "
-                f"(image_rect; run image_proc / stereo_image_proc rectification first)")
+        if side == 0:
+            self.check_distortion(D)
         self._info[side] = msg
 
-    def _on_set_parameters(self, params: List[Parameter]) -> SetParametersResult:
-        try:
-            self.config = with_changes(self.config, live_changes(STEREO_SPECS, params))
-        except ParameterError as exc:
-            return SetParametersResult(successful=False, reason=str(exc))
-        return SetParametersResult(successful=True)
+    def _resolve_pose(self, frame_id: str, stamp: int, timeout: float) -> np.ndarray:
+        if self.tf is None:
+            raise LookupError(f"tf is unavailable ({self._tf_unavailable})")
+        return self.tf.lookup(self.config.world_frame, frame_id, stamp, timeout)
 
     # ------------------------------------------------------------------------------------ worker
-    def _work(self) -> None:
-        while not self._stop.is_set():
-            with self._slot_cv:
-                while self._slot is None and not self._stop.is_set():
-                    self._slot_cv.wait(0.2)
-                if self._stop.is_set():
-                    return
-                stamp, left, right, t_recv = self._slot
-                self._slot = None
-                self._busy = True
-            try:
-                self._process(stamp, left, right, t_recv)
-            except Exception as exc:  # noqa: BLE001 - the node must survive anything one pair does
-                self.counters.errors += 1
-                self._last_error = f"{type(exc).__name__}: {exc}"
-                self._warn("worker_error", f"pair at {stamp / 1e9:.6f}s failed: {self._last_error}\n"
-                                           f"{traceback.format_exc()}")
-            finally:
-                self._busy = False
-
-    def idle(self) -> bool:
-        """True when no pair is waiting or being processed (the runner drains with it)."""
-        with self._slot_cv:
-            return self._slot is None and not self._busy
-
-    def _decode(self, msg: Image, side: str) -> Optional[np.ndarray]:
-        try:
-            return C.image_to_rgb(msg)
-        except C.UnsupportedEncoding as exc:
-            self.counters.rejected_encoding += 1
-            self._warn(f"encoding_{side}", f"{side} image rejected: {exc}")
-        except C.ConversionError as exc:
-            self.counters.rejected_corrupt += 1
-            self._warn(f"corrupt_{side}", f"{side} image rejected: {exc}")
-        return None
-
     def _geometry(self, w: int, h: int) -> Optional[Tuple[np.ndarray, float, float]]:
         """(K of the left image at w x h, baseline m, doffs px) from the latest camera_infos, or None (counted)."""
         li, ri = self._info
@@ -524,62 +364,20 @@ class StereoNode(Node):
                 return None
         return K, baseline, doffs
 
-    def _process(self, stamp: int, left_msg: Image, right_msg: Image, t_recv: float) -> None:
-        cfg = self.config
+    def process(self, item: Pending) -> None:
         t_start = time.perf_counter()
-        frame_id = cfg.camera_frame or left_msg.header.frame_id
-        left = self._decode(left_msg, "left")
-        if left is None:
-            return
-        right = self._decode(right_msg, "right")
-        if right is None:
-            return
-        if left.shape != right.shape:
-            self.counters.size_mismatch += 1
-            self._warn("size_mismatch", f"left {left.shape[1]}x{left.shape[0]} and right {right.shape[1]}x"
-                                        f"{right.shape[0]} images differ in size: pair dropped")
-            return
-        if not frame_id:
-            self.counters.rejected_corrupt += 1
-            self._warn("frame_id", "left image has an empty header.frame_id and no camera_frame parameter is set")
-            return
+        left_msg, left, right = item.msgs
+        stamp, frame_id = item.stamp, item.frame_id
         h, w = left.shape[:2]
         geo = self._geometry(w, h)
         if geo is None:
             return
         K, baseline, doffs = geo
-        # stream continuity ---------------------------------------------------------------------------
-        if self._last_stamp is not None and stamp <= self._last_stamp:
-            back = (self._last_stamp - stamp) / 1e9
-            if cfg.time_jump_reset > 0 and back >= cfg.time_jump_reset:
-                self.counters.time_jumps += 1
-                self.get_logger().warning(f"pair stamps jumped back by {back:.3f}s (bag loop / restart): "
-                                          f"temporal state and poses reset")
-                self.pipeline.reset()
-                if self.tf is not None:
-                    self.tf.clear()
-            else:
-                self.counters.stamp_backwards += 1
-                self._warn("backwards", f"pair stamp {stamp / 1e9:.6f}s is not after the previous "
-                                        f"{self._last_stamp / 1e9:.6f}s: pair dropped")
-                return
-        if self._last_size is not None and self._last_size != (w, h):
-            self.counters.size_changes += 1
-            self.get_logger().warning(f"image size changed {self._last_size[0]}x{self._last_size[1]} -> {w}x{h}: "
-                                      f"temporal state reset")
-            self.pipeline.reset()
-        self._last_size = (w, h)
-        self._last_stamp = stamp
-        # pose --------------------------------------------------------------------------------------------
-        T, pose_ms = None, 0.0
-        if cfg.world_frame:
-            t_pose = time.perf_counter()
-            T = self._lookup_pose(frame_id, stamp)
-            pose_ms = (time.perf_counter() - t_pose) * 1e3
-        # pipeline ----------------------------------------------------------------------------------------
+        if not self.check_continuity(stamp, (w, h), self._reset_all):
+            return
         try:
             frame = StereoFrame(left=left, right=right, K=K, baseline=baseline, stamp=stamp, frame_id=frame_id,
-                                T_world_cam=T, doffs=doffs)
+                                T_world_cam=item.T, doffs=doffs)
         except ValueError as exc:
             self.counters.rejected_corrupt += 1
             self._warn("frame", f"pair rejected: {exc}")
@@ -589,27 +387,12 @@ class StereoNode(Node):
         self._last_geometry = (float(K[0, 0]), baseline, doffs)
         t_pub = time.perf_counter()
         self._publish(left_msg, frame, res, frame_id)
-        self._publish_ms.add((time.perf_counter() - t_pub) * 1e3)
-        compute_ms = float(res.info.get("compute_ms", 0.0))
-        self._compute.add(compute_ms)
-        self._overhead.add((time.perf_counter() - t_start) * 1e3 - compute_ms - pose_ms)
-        self.counters.predictions += 1
-        self._rate_out.tick()
-        self._latency.add((self.get_clock().now().nanoseconds - stamp) / 1e6)
+        self.published(stamp, t_start, float(res.info.get("compute_ms", 0.0)), (time.perf_counter() - t_pub) * 1e3)
 
-    def _lookup_pose(self, frame_id: str, stamp: int) -> Optional[np.ndarray]:
-        cfg = self.config
-        if self.tf is None:
-            self.counters.tf_failures += 1
-            self._warn("tf_unavailable", f"no pose: tf is unavailable ({self._tf_unavailable})")
-            return None
-        try:
-            return self.tf.lookup(cfg.world_frame, frame_id, stamp, cfg.tf_timeout)
-        except TransformError as exc:
-            self.counters.tf_failures += 1
-            self._warn("pose_lookup", f"no pose for {frame_id!r} in {cfg.world_frame!r} at {stamp / 1e9:.6f}s: "
-                                      f"{exc} -> temporal filter without motion for this pair")
-            return None
+    def _reset_all(self) -> None:
+        self.pipeline.reset()
+        if self.tf is not None:
+            self.tf.clear()
 
     def _publish(self, left_msg: Image, frame: StereoFrame, res, frame_id: str) -> None:
         cfg = self.config
@@ -644,56 +427,25 @@ class StereoNode(Node):
                 dense=cfg.points_dense, stride=cfg.points_stride, max_range=cfg.points_max_range))
 
     # ------------------------------------------------------------------------------------ diagnostics
-    def diagnostic_status(self) -> DiagnosticStatus:
+    def diagnostic_extra(self) -> Tuple[List[str], List[Tuple[str, Any]]]:
         c = self.counters
-        lat_mean, lat_max, _ = self._latency.summary()
-        comp_mean, _, _ = self._compute.summary()
-        ovh_mean, ovh_max, _ = self._overhead.summary()
-        pub_mean, _, _ = self._publish_ms.summary()
+        c.left_images, c.right_images = self.sync.received
+        c.pairs, c.unsynchronized = self.sync.matched, self.sync.unmatched(0) + self.sync.unmatched(1)
         problems = []
-        if c.errors:
-            problems.append(f"{c.errors} worker errors (last: {self._last_error})")
         bad = (c.rejected_encoding + c.rejected_corrupt + c.no_camera_info + c.camera_info_mismatch
                + c.bad_calibration + c.size_mismatch + c.stamp_backwards)
         if bad:
             problems.append(f"{bad} input pairs rejected")
         if c.unsynchronized:
             problems.append(f"{c.unsynchronized} images without a partner")
-        if c.tf_failures:
-            problems.append(f"{c.tf_failures} pairs without a pose")
-        if c.dropped:
-            problems.append(f"{c.dropped} pairs dropped (model slower than the input)")
-        level = DiagnosticStatus.ERROR if c.errors else (DiagnosticStatus.WARN if problems else DiagnosticStatus.OK)
-        message = "; ".join(problems) if problems else "ok"
-        if c.left_images + c.right_images == 0:
-            message = "waiting for images" + (f"; {message}" if problems else "")
         fx, baseline, doffs = self._last_geometry
-        values = [("input_rate_hz", self._rate_in.rate()), ("output_rate_hz", self._rate_out.rate()),
-                  ("latency_ms_mean", lat_mean), ("latency_ms_max", lat_max), ("compute_ms_mean", comp_mean),
-                  ("node_overhead_ms_mean", ovh_mean), ("node_overhead_ms_max", ovh_max),
-                  ("publish_ms_mean", pub_mean), ("model", self.model_name),
+        values = [("model", self.model_name),
                   ("device", str(getattr(getattr(self.estimator, "base", self.estimator), "device", "cpu"))),
                   ("temporal", "on" if self.config.temporal else "off"),
                   ("sync", "approximate" if self.config.approximate_sync else "exact"),
-                  ("tf_backend", self.tf_backend), ("fx", fx), ("baseline_m", baseline), ("doffs_px", doffs),
+                  ("sync_backend", self.sync.backend), ("fx", fx), ("baseline_m", baseline), ("doffs_px", doffs),
                   ("pipeline_resets", self.pipeline.counters.resets)]
-        values += list(asdict(c).items())
-        return make_status(f"{self.get_name()}: stereo depth", self.get_fully_qualified_name(), level, message, values)
-
-    def publish_diagnostics(self) -> None:
-        publish_status(self, self.pub_diag, self.diagnostic_status())
-
-    # ------------------------------------------------------------------------------------ lifecycle
-    def shutdown(self) -> None:
-        self._stop.set()
-        with self._slot_cv:
-            self._slot_cv.notify_all()
-        if self._worker.is_alive() and threading.current_thread() is not self._worker:
-            self._worker.join(timeout=30)
-
-    def destroy_node(self):
-        self.shutdown()
-        return super().destroy_node()
+        return problems, values
 
 
 def main(argv: Optional[List[str]] = None) -> int:
