@@ -20,6 +20,7 @@ import shlex
 import signal
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -60,13 +61,22 @@ def _args(**kw) -> str:
     return " ".join(shlex.quote(f"{k}:={v}") for k, v in kw.items())
 
 
+def _ros2_run(executable: str, remaps: Optional[dict] = None, **params) -> str:
+    """``ros2 run mvs_depth_ros EXECUTABLE --ros-args -r from:=to … -p name:=value …``"""
+    args = [f"-r {shlex.quote(f'{k}:={v}')}" for k, v in (remaps or {}).items()]
+    args += [f"-p {shlex.quote(f'{k}:={v}')}" for k, v in params.items()]
+    return f"ros2 run mvs_depth_ros {executable} --ros-args " + " ".join(args)
+
+
+def _player_cmd(bag: Path, wait_for: list, rate: float) -> str:
+    """``ros2 run mvs_depth_ros player_node``: the bag over DDS with /clock, started once ``wait_for`` topics
+    have subscribers."""
+    return _ros2_run("player_node", bag=bag, rate=rate, wait_for_topics="[" + ",".join(wait_for) + "]",
+                     wait_timeout=120.0, delay=1.0)
+
+
 def _player(ws, bag: Path, cwd: Path, wait_for: list, rate: float) -> ExecuteProcess:
-    """``ros2 run mvs_depth_ros player_node``: the bag over DDS with /clock, from its own process."""
-    params = {"bag": str(bag), "rate": rate, "wait_for_topics": "[" + ",".join(wait_for) + "]",
-              "wait_timeout": 120.0, "delay": 1.0}
-    cmd = "ros2 run mvs_depth_ros player_node --ros-args " + " ".join(
-        f"-p {shlex.quote(f'{k}:={v}')}" for k, v in params.items())
-    return _process(ws, "player", cmd, cwd)
+    return _process(ws, "player", _player_cmd(bag, wait_for, rate), cwd)
 
 
 def _wait(pred, timeout: float, step: float = 0.1) -> bool:
@@ -217,6 +227,7 @@ def test_fusion_launch_on_an_rgbd_camera_bag(colcon_ws, rgbd_bag, tmp_path):
                 assert np.array_equal(C.image_to_depth(est.depth), depth, equal_nan=True)
                 abs_rel.append(depth_metrics(depth, gt[_stamp(d)], min_gt=0.5)["abs_rel"])
             # the classical plane sweep on this synthetic room: ~0.05 median abs_rel (bound with margin)
+            print(f"fusion.launch.py: {n} estimates, median abs_rel {np.median(abs_rel):.4f}")
             assert np.median(abs_rel) < 0.15, abs_rel
             for _, pc in boxes["points"]:
                 assert pc.width * pc.height > 0 and {"x", "y", "z", "rgb"} <= {f.name for f in pc.fields}
@@ -412,6 +423,8 @@ def test_stereo_launch_on_a_stereo_bag(colcon_ws, tmp_path):
                 gt_depth = dm.f * dm.t / gt[s]
                 rels.append(depth_metrics(C.image_to_depth(im), gt_depth, min_gt=0.5)["abs_rel"])
             # SGBM on the textured synthetic room: sub-pixel median disparity error (bounds with margin)
+            print(f"stereo.launch.py: {len(disparity)} pairs, median |disparity error| {np.median(errs):.3f} px, "
+                  f"median abs_rel {np.median(rels):.4f}")
             assert np.median(errs) < 1.0 and np.median(rels) < 0.1, (errs, rels)
 
     @launch_testing.post_shutdown_test()
@@ -434,14 +447,10 @@ def test_ros2_run_param_set_and_topic_echo(colcon_ws, rgbd_bag, tmp_path):
     from mvs_depth_ros.ros import conversions as C
     from sensor_msgs.msg import Image
     bag, gt, _ = rgbd_bag
-    node_cmd = ("ros2 run mvs_depth_ros mvs_node --ros-args -r __ns:=/mvs "
-                f"-r image:={RGBD_TOPICS.image} -r camera_info:={RGBD_TOPICS.camera_info} "
-                + " ".join(f"-p {k}:={v}" for k, v in dict(model="planesweep", device="cpu", width=W, height=H,
-                                                            n_planes=16, frame_queue=50, tf_timeout=2.0,
-                                                            use_sim_time="true", qos_reliability="reliable").items()))
-    player_cmd = ("ros2 run mvs_depth_ros player_node --ros-args " + " ".join(
-        f"-p {shlex.quote(p)}" for p in (f"bag:={bag}", "rate:=0.5", f"wait_for_topics:=[{RGBD_TOPICS.image}]",
-                                         "wait_timeout:=120.0", "delay:=1.0")))
+    node_cmd = _ros2_run("mvs_node", {"__ns": "/mvs", "image": RGBD_TOPICS.image, "camera_info": RGBD_TOPICS.camera_info},
+                         model="planesweep", device="cpu", width=W, height=H, n_planes=16, frame_queue=50,
+                         tf_timeout=2.0, use_sim_time="true", qos_reliability="reliable")
+    player_cmd = _player_cmd(bag, [RGBD_TOPICS.image], rate=0.5)
     probe = Probe("ros2cli_probe")
     depth, conf = probe.subscribe(Image, "/mvs/depth"), probe.subscribe(Image, "/mvs/confidence")
     node = colcon_ws.popen(node_cmd, tmp_path / "node.log")
