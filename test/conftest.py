@@ -15,3 +15,16 @@ def require_shared(*parts: str):
     if p is None:
         pytest.skip(f"shared data {'/'.join(parts)!r} not found (set MVS_DEPTH_SHARED or place ../shared beside the repo)")
     return p
+
+
+@pytest.fixture(scope="session")
+def colcon_ws(tmp_path_factory):
+    """This package built with ``colcon build`` in a temporary workspace (the ROS 2 user's world); skips
+    with the reason when the ROS 2 tools of ``../shared/ros2`` or colcon are not installed."""
+    import colcon_world
+    why = colcon_world.unavailable()
+    if why:
+        pytest.skip(why)
+    ws = colcon_world.build_workspace(tmp_path_factory.mktemp("colcon_ws"))
+    yield ws
+    ws.run("ros2 daemon stop", check=False)  # started by `ros2 node list` / `ros2 param`

@@ -64,42 +64,44 @@ SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 PTH="$SITE/mvs_depth_ros_ros_interfaces.pth"
 IFACE_CHECK='from mvs_depth_ros.ros import interfaces as i; import sys; sys.exit(0 if i.depth_estimate_available() and i.tf_message_available() else 1)'
 
-write_pth() {
-  # plain path line: the generated tf2_msgs; import line: where the generated mvs_depth_ros/msg lives and
-  # the library paths that rosidl's type-support lookup searches (LD_LIBRARY_PATH, read at run time)
+write_pth() {  # file  python-statement-before  "packages on sys.path"  "packages with libraries"
+  # plain path lines: the generated Python packages (<prefix>/<pkg>/site-packages; not mvs_depth_ros', which
+  # is found through MVS_DEPTH_ROS_INTERFACES_PREFIX beside the source package); import line: the library paths
+  # that rosidl's type-support lookup searches (LD_LIBRARY_PATH, read at run time)
+  local file="$1" before="$2" libs="" pkg
   {
-    [ -d "$PREFIX/tf2_msgs/$SITE_REL" ] && echo "$PREFIX/tf2_msgs/$SITE_REL"
-    echo "import os; os.environ.setdefault('MVS_DEPTH_ROS_INTERFACES_PREFIX', '$PREFIX'); os.environ['LD_LIBRARY_PATH'] = os.pathsep.join(dict.fromkeys(filter(None, os.environ.get('LD_LIBRARY_PATH', '').split(os.pathsep) + ['$PREFIX/mvs_depth_ros/lib', '$PREFIX/tf2_msgs/lib'])))"
-  } > "$PTH"
+    for pkg in $3; do
+      [ -d "$PREFIX/$pkg/$SITE_REL" ] && echo "$PREFIX/$pkg/$SITE_REL"
+    done
+    for pkg in $4; do
+      libs="$libs, '$PREFIX/$pkg/lib'"
+    done
+    echo "import os; ${before}os.environ['LD_LIBRARY_PATH'] = os.pathsep.join(dict.fromkeys(filter(None, os.environ.get('LD_LIBRARY_PATH', '').split(os.pathsep) + [${libs#, }])))"
+  } > "$file"
 }
 
-if [ "${MVS_ROS_FORCE_REBUILD:-0}" != 1 ] && [ -f "$BUILD/stamp" ] && [ "$(cat "$BUILD/stamp")" = "$STAMP" ] && [ -f "$PTH" ] \
-   && pyrun -c "$IFACE_CHECK"; then
-  say "interfaces (mvs_depth_ros/msg/DepthEstimate, tf2_msgs/TFMessage): up to date in $PREFIX"
-  exit 0
-fi
-
-# 3. build tools ----------------------------------------------------------------------------------------
-if ! [ -f "$VENV/share/rosidl_default_generators/cmake/rosidl_default_generatorsConfig.cmake" ] \
-   || ! [ -d "$VENV/share/ament_cmake_include_directories" ] || ! [ -d "$VENV/share/rosidl_core_generators" ] \
-   || ! pyrun -c "import catkin_pkg, numpy"; then
-  say "installing the rosidl/ament generator wheels"
-  pipi "${BUILD_WHEELS[@]}" || off "pip could not install the rosidl generator wheels (log: $LOG)" \
-    "the depth_estimate topic (mvs_depth_ros/msg/DepthEstimate); tf2_msgs falls back to tf2_ros when importable"
-fi
-CMAKE="$(command -v cmake || true)"
-CMAKE_VER="$([ -n "$CMAKE" ] && "$CMAKE" --version | head -1 | grep -oE '[0-9]+\.[0-9]+(\.[0-9]+)?')"
-if [ -z "$CMAKE" ] || [ "$(printf '%s\n3.16\n' "${CMAKE_VER:-0}" | sort -V | head -1)" != 3.16 ]; then
-  say "no cmake >= 3.16 on PATH: installing the cmake wheel into the venv"
-  pipi cmake || off "no cmake available (log: $LOG)" "the depth_estimate topic"
-  CMAKE="$VENV/bin/cmake"
-fi
-if ! command -v c++ >/dev/null 2>&1 || ! command -v cc >/dev/null 2>&1; then
-  off "no C/C++ compiler (install build-essential / g++)" "the depth_estimate topic (and /tf without tf2_ros)"
-fi
-GEN=()
-if command -v ninja >/dev/null 2>&1; then GEN=(-G Ninja); fi
-JOBS="${MVS_ROS_BUILD_JOBS:-2}"
+# 3. build tools (also for step 5) ----------------------------------------------------------------------
+build_tools() {  # what is off without them
+  if ! [ -f "$VENV/share/rosidl_default_generators/cmake/rosidl_default_generatorsConfig.cmake" ] \
+     || ! [ -d "$VENV/share/ament_cmake_include_directories" ] || ! [ -d "$VENV/share/rosidl_core_generators" ] \
+     || ! pyrun -c "import catkin_pkg, numpy"; then
+    say "installing the rosidl/ament generator wheels"
+    pipi "${BUILD_WHEELS[@]}" || off "pip could not install the rosidl generator wheels (log: $LOG)" "$1"
+  fi
+  CMAKE="$(command -v cmake || true)"
+  CMAKE_VER="$([ -n "$CMAKE" ] && "$CMAKE" --version | head -1 | grep -oE '[0-9]+\.[0-9]+(\.[0-9]+)?')"
+  if [ -z "$CMAKE" ] || [ "$(printf '%s\n3.16\n' "${CMAKE_VER:-0}" | sort -V | head -1)" != 3.16 ]; then
+    say "no cmake >= 3.16 on PATH: installing the cmake wheel into the venv"
+    pipi cmake || off "no cmake available (log: $LOG)" "$1"
+    CMAKE="$VENV/bin/cmake"
+  fi
+  if ! command -v c++ >/dev/null 2>&1 || ! command -v cc >/dev/null 2>&1; then
+    off "no C/C++ compiler (install build-essential / g++)" "$1"
+  fi
+  GEN=()
+  if command -v ninja >/dev/null 2>&1; then GEN=(-G Ninja); fi
+  JOBS="${MVS_ROS_BUILD_JOBS:-2}"
+}
 
 build_pkg() {  # name  staged-source-dir
   local name="$1" src="$2" bdir="$BUILD/build/$1" inst="$PREFIX/$1"
@@ -122,33 +124,96 @@ stage() {  # dest files...
   cp -r "$@" "$dest/"
 }
 
-# sources are staged under .ros_build/src: a source dir that contains the venv (the repo root does) makes
-# CMake reject the generated targets' include paths
-stage "$BUILD/src/mvs_depth_ros" "$REPO/CMakeLists.txt" "$REPO/package.xml" "$REPO/msg"
-mkdir -p "$BUILD/src/mvs_depth_ros/tools/ros" && cp "$REPO/tools/ros/local_python_paths.cmake" "$BUILD/src/mvs_depth_ros/tools/ros/"
-IFACE_OFF=""
-if ! build_pkg mvs_depth_ros "$BUILD/src/mvs_depth_ros"; then
-  IFACE_OFF="the depth_estimate topic (mvs_depth_ros/msg/DepthEstimate)"
-  rm -rf "$PREFIX/mvs_depth_ros"
-fi
-if pyrun -c "import tf2_msgs.msg" && ! [ -d "$PREFIX/tf2_msgs" ]; then
-  say "tf2_msgs: importable from the environment, not generated"
-else
-  stage "$BUILD/src/tf2_msgs" "$REPO/tools/ros/tf2_msgs/CMakeLists.txt" "$REPO/tools/ros/tf2_msgs/package.xml" \
-    "$REPO/tools/ros/tf2_msgs/msg" "$REPO/tools/ros/local_python_paths.cmake"
-  if ! build_pkg tf2_msgs "$BUILD/src/tf2_msgs"; then
-    IFACE_OFF="${IFACE_OFF:+$IFACE_OFF; }/tf and /tf_static input (tf2_msgs/TFMessage; use pose_source:=pose|odometry)"
-    rm -rf "$PREFIX/tf2_msgs"
+build_interfaces() {
+  # sources are staged under .ros_build/src: a source dir that contains the venv (the repo root does) makes
+  # CMake reject the generated targets' include paths
+  stage "$BUILD/src/mvs_depth_ros" "$REPO/CMakeLists.txt" "$REPO/package.xml" "$REPO/msg"
+  mkdir -p "$BUILD/src/mvs_depth_ros/tools/ros" && cp "$REPO/tools/ros/local_python_paths.cmake" "$BUILD/src/mvs_depth_ros/tools/ros/"
+  IFACE_OFF=""
+  if ! build_pkg mvs_depth_ros "$BUILD/src/mvs_depth_ros"; then
+    IFACE_OFF="the depth_estimate topic (mvs_depth_ros/msg/DepthEstimate)"
+    rm -rf "$PREFIX/mvs_depth_ros"
   fi
-fi
-write_pth
-if [ -n "$IFACE_OFF" ]; then
-  off "the interface build failed (log: $LOG)" "$IFACE_OFF"
-fi
-if pyrun -c "$IFACE_CHECK"; then
-  echo "$STAMP" > "$BUILD/stamp"
-  say "interfaces built and importable: mvs_depth_ros/msg/DepthEstimate, tf2_msgs/TFMessage ($PREFIX)"
+  if pyrun -c "import tf2_msgs.msg" && ! [ -d "$PREFIX/tf2_msgs" ]; then
+    say "tf2_msgs: importable from the environment, not generated"
+  else
+    stage "$BUILD/src/tf2_msgs" "$REPO/tools/ros/tf2_msgs/CMakeLists.txt" "$REPO/tools/ros/tf2_msgs/package.xml" \
+      "$REPO/tools/ros/tf2_msgs/msg" "$REPO/tools/ros/local_python_paths.cmake"
+    if ! build_pkg tf2_msgs "$BUILD/src/tf2_msgs"; then
+      IFACE_OFF="${IFACE_OFF:+$IFACE_OFF; }/tf and /tf_static input (tf2_msgs/TFMessage; use pose_source:=pose|odometry)"
+      rm -rf "$PREFIX/tf2_msgs"
+    fi
+  fi
+  write_pth "$PTH" "os.environ.setdefault('MVS_DEPTH_ROS_INTERFACES_PREFIX', '$PREFIX'); " tf2_msgs "mvs_depth_ros tf2_msgs"
+  if [ -n "$IFACE_OFF" ]; then
+    off "the interface build failed (log: $LOG)" "$IFACE_OFF"
+  fi
+  if pyrun -c "$IFACE_CHECK"; then
+    echo "$STAMP" > "$BUILD/stamp"
+    say "interfaces built and importable: mvs_depth_ros/msg/DepthEstimate, tf2_msgs/TFMessage ($PREFIX)"
+  else
+    off "the interfaces were built but do not import (log: $LOG)" "the depth_estimate topic"
+  fi
+}
+
+# 5. ROS 2 tools from the shared folder ------------------------------------------------------------------
+# `ros2 launch`, launch_testing/launch_pytest, ros2cli and message_filters are not on PyPI: ../shared/ros2 holds
+# them as wheels built from upstream (its README). launch_ros imports composition_interfaces, which is
+# generated here like tf2_msgs; colcon-common-extensions comes from PyPI.
+TOOLS_PTH="$SITE/mvs_depth_ros_ros2_tools.pth"
+TOOLS_CHECK='import launch, launch_ros, launch_pytest, launch_testing, ros2cli, ros2launch, message_filters, colcon_core, colcon_ros, composition_interfaces.srv'
+tools_off() {
+  say "WARNING: $1"
+  say "ros2 launch / colcon are OFF: the colcon and launch tests (test/test_ros2_launch.py) skip saying so"
+  exit 0
+}
+
+install_ros2_tools() {
+  local shared wheels stamp
+  shared="$("$PY" -c 'from mvs_depth_ros.data.paths import shared_path; print(shared_path("ros2") or "")' 2>> "$LOG")"
+  if [ -z "$shared" ] || ! compgen -G "$shared/wheels/*.whl" > /dev/null; then
+    say "no ros2/wheels in the shared folder (../shared or \$MVS_DEPTH_SHARED): ros2 launch and colcon not installed;" \
+        "their tests skip"
+    return 0
+  fi
+  wheels=("$shared"/wheels/*.whl)
+  stamp="$( (basename -a "${wheels[@]}"; cat "$shared/composition_interfaces/CMakeLists.txt" \
+    "$shared/composition_interfaces/srv/"* "$REPO/tools/ros/local_python_paths.cmake" "$0"; echo "$STAMP") \
+    | sha256sum | cut -c1-16)"
+  if [ "${MVS_ROS_FORCE_REBUILD:-0}" != 1 ] && [ "$(cat "$BUILD/tools_stamp" 2>/dev/null)" = "$stamp" ] \
+     && [ -f "$TOOLS_PTH" ] && pyrun -c "$TOOLS_CHECK"; then
+    say "ROS 2 tools (ros2 launch, launch_testing, ros2cli, colcon, composition_interfaces): up to date"
+    return 0
+  fi
+  say "installing the ROS 2 tools from $shared/wheels, their PyPI dependencies and colcon-common-extensions"
+  pipi --no-deps "${wheels[@]}" || tools_off "pip could not install $shared/wheels (log: $LOG)"
+  pipi osrf-pycommon lark psutil packaging pyyaml catkin_pkg numpy colcon-common-extensions \
+    || tools_off "pip could not install the tools' dependencies or colcon-common-extensions (log: $LOG)"
+  build_tools "ros2 launch (composition_interfaces cannot be generated)"
+  # upstream source unchanged but for the include-path fix before ament_package() (see local_python_paths.cmake);
+  # BUILD_TESTING=OFF drops its ADD_LINTER_TESTS (the ament lint wheels are not needed)
+  stage "$BUILD/src/composition_interfaces" "$shared/composition_interfaces/"* "$REPO/tools/ros/local_python_paths.cmake"
+  chmod -R u+w "$BUILD/src/composition_interfaces"
+  sed -i 's|^ament_package()|include("${CMAKE_CURRENT_SOURCE_DIR}/local_python_paths.cmake")\nmvs_fix_python_include_dirs()\nament_package()|' \
+    "$BUILD/src/composition_interfaces/CMakeLists.txt"
+  if ! build_pkg composition_interfaces "$BUILD/src/composition_interfaces"; then
+    rm -rf "$PREFIX/composition_interfaces"
+    tools_off "composition_interfaces did not build (log: $LOG)"
+  fi
+  write_pth "$TOOLS_PTH" "" composition_interfaces composition_interfaces
+  pyrun -c "$TOOLS_CHECK" || tools_off "the ROS 2 tools were installed but do not import (log: $LOG)"
+  echo "$stamp" > "$BUILD/tools_stamp"
+  say "ROS 2 tools installed: ros2 launch, launch_testing, ros2cli, message_filters, colcon, composition_interfaces"
+}
+
+# main ---------------------------------------------------------------------------------------------------
+if [ "${MVS_ROS_FORCE_REBUILD:-0}" != 1 ] && [ -f "$BUILD/stamp" ] && [ "$(cat "$BUILD/stamp")" = "$STAMP" ] && [ -f "$PTH" ] \
+   && pyrun -c "$IFACE_CHECK"; then
+  say "interfaces (mvs_depth_ros/msg/DepthEstimate, tf2_msgs/TFMessage): up to date in $PREFIX"
 else
-  off "the interfaces were built but do not import (log: $LOG)" "the depth_estimate topic"
+  build_tools "the depth_estimate topic (mvs_depth_ros/msg/DepthEstimate); tf2_msgs falls back to tf2_ros when importable"
+  build_interfaces
 fi
+
+install_ros2_tools
 exit 0
