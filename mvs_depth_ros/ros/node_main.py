@@ -1,6 +1,7 @@
 """The one ``main()`` shape shared by the package's node executables."""
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -23,7 +24,9 @@ def spin_node(factory: Callable[[], object], name: str, argv: Optional[List[str]
     logs its counters and is destroyed while the context is still valid (no traceback, no "Failed to publish
     log message to rosout: publisher's context is invalid"), and rclpy shuts down last. A node with an
     ``exit_code`` attribute ends the process by itself once that is not None (player at the end of the bag,
-    evaluator when the evaluation is complete) and the process exits with it.
+    evaluator when the evaluation is complete) and the process exits with it. A node whose parent process
+    ends (upstream ``ros2 launch`` cancels itself on SIGTERM without stopping its processes) shuts down the
+    same way instead of running on as an orphan.
 
     Startup failures are one line on stderr and a non-zero exit, no traceback: invalid parameters
     (``ParameterError``) exit with status 2, anything else the node cannot start with (a corrupt or
@@ -47,6 +50,7 @@ def spin_node(factory: Callable[[], object], name: str, argv: Optional[List[str]
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    parent = os.getppid()
     rclpy.init(args=sys.argv if argv is None else argv, signal_handler_options=SignalHandlerOptions.NO)
     node = None
     rc = 0
@@ -64,6 +68,10 @@ def spin_node(factory: Callable[[], object], name: str, argv: Optional[List[str]
             code = getattr(node, "exit_code", None)
             if code is not None:
                 rc = int(code)
+                break
+            if os.getppid() != parent:
+                node.get_logger().warning(f"parent process {parent} has ended (e.g. `ros2 launch` stopped with "
+                                          f"SIGTERM, which leaves its processes running): shutting down")
                 break
     except (ParameterError, ValueError, ImportError, RuntimeError) as exc:
         print(f"{name}: {'invalid parameters: ' if isinstance(exc, ParameterError) else ''}{exc}", file=sys.stderr)
@@ -87,7 +95,6 @@ def spin_node(factory: Callable[[], object], name: str, argv: Optional[List[str]
 def _startup_failure(name: str, exc: BaseException, code: int) -> int:
     """Print why the node cannot start as one line (the exception type only where the message alone is not
     self-explanatory) and return the exit status."""
-    import os
     from .params import ParameterError
 
     text = " | ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
