@@ -93,8 +93,9 @@ def test_core_counts_bad_input(frames):
     core.finish()
     c = core.counters
     assert c.duplicates == 1 and c.stamps_backwards == 2 and c.bad_messages == 1
-    assert c.prediction_without_gt == 6 and c.evaluated == 1
-    assert {"duplicate", "backwards", "shape", "no_gt"} <= set(warned)
+    # f0 and the three newest have no GT; the two oldest of the five did not fit in max_pending
+    assert c.prediction_without_gt == 4 and c.evicted == 2 and c.evaluated == 1
+    assert {"duplicate", "backwards", "shape", "no_gt", "evicted"} <= set(warned)
     assert core.summary()["keyframes"] == 1
 
 

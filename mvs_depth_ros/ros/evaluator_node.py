@@ -58,7 +58,7 @@ class EvaluatorConfig:
     #: (DepthEstimate.confidence_threshold), exactly what `mvs-depth run` uses by default
     confidence_threshold: float = -1.0
     match_tolerance_ns: int = 0
-    max_pending: int = 100
+    max_pending: int = 1000
     output_dir: str = ""
 
     def __post_init__(self) -> None:
@@ -83,6 +83,7 @@ class EvaluatorCounters:
     stamps_backwards: int = 0
     duplicates: int = 0
     bad_messages: int = 0
+    evicted: int = 0                    # unmatched messages dropped because more than max_pending waited
 
 
 @dataclass
@@ -211,14 +212,20 @@ class EvaluatorCore:
                 self._done.add(stamp)
                 self.counters.prediction_without_gt += 1
                 self._warn("no_gt", f"no ground truth for the prediction at {stamp} (tolerance {tol} ns)")
+        # more unmatched messages than max_pending: the oldest is lost for lack of room (a run that loses
+        # any is incomplete, see EvaluatorNode._check_end)
         while len(self._preds) > self.config.max_pending:
             s = min(self._preds)
             self._preds.pop(s)
-            self.counters.prediction_without_gt += 1
-            self._warn("no_gt", f"prediction at {s} waited too long for ground truth; dropped")
+            self.counters.evicted += 1
+            self._warn("evicted", f"prediction at {s} waited for ground truth behind {self.config.max_pending} "
+                                  f"others; dropped (raise max_pending)")
         while len(self._gt_stamps) > self.config.max_pending:
-            self._drop_gt(self._gt_stamps[0])
-            self.counters.gt_without_prediction += 1
+            s = self._gt_stamps[0]
+            self._drop_gt(s)
+            self.counters.evicted += 1
+            self._warn("evicted", f"ground truth at {s} waited for its prediction behind {self.config.max_pending} "
+                                  f"others; dropped (raise max_pending)")
 
     def threshold_for(self, pred: _Pred) -> float:
         if self.config.confidence_threshold >= 0:
@@ -339,7 +346,7 @@ def _params() -> Dict[str, Tuple[object, str, dict]]:
                          _frange(0.0, 86400.0)),
         "log_every": (10, "log the running means every N evaluated frames (0 = never)",
                       {"integer_range": [IntegerRange(from_value=0, to_value=100000, step=1)]}),
-        "max_pending": (100, "unmatched messages kept per input",
+        "max_pending": (1000, "unmatched messages kept per input (more: the oldest is dropped and the run is incomplete)",
                         {"integer_range": [IntegerRange(from_value=1, to_value=100000, step=1)]}),
         "qos_reliability": ("reliable", "subscription reliability: 'reliable' (evaluate every frame) or "
                             "'best_effort'", {}),
@@ -535,6 +542,11 @@ class EvaluatorNode(Node):  # type: ignore[misc,valid-type]
             problems.append(f"{want_pred - c.predictions} of {want_pred} predictions never arrived")
         if c.ground_truth < want_gt:
             problems.append(f"{want_gt - c.ground_truth} of {want_gt} ground-truth images never arrived")
+        if c.evicted:
+            problems.append(f"{c.evicted} unmatched messages dropped for lack of room (max_pending "
+                            f"{self.core.config.max_pending})")
+        if c.prediction_without_gt:
+            problems.append(f"{c.prediction_without_gt} predictions without ground truth (gt_stamp_tolerance?)")
         self.finish()
         if problems:
             self.get_logger().error("evaluation INCOMPLETE: " + "; ".join(problems))
