@@ -18,12 +18,14 @@ import statistics
 import sys
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..core.frame import Frame
+from ..core.fusion import FusionConfig, KeyframeDepth, fuse_offline
 from ..core.keyframes import KeyframeConfig
 from ..core.pipeline import PipelineConfig, StepResult, VideoPipeline
 from ..data.paths import shared_path
@@ -62,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="threshold for the 'filtered' numbers (default: the estimator's own)")
     mdl.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
                      help="estimator-specific option, repeatable (e.g. n_planes=32, seed=1); values parsed as YAML")
+    mdl.add_argument("--temporal-fusion", default="causal", choices=("off", "causal", "offline"),
+                     help="fuse each keyframe's depth with its neighbours' re-projected into it: causal = earlier "
+                     "keyframes only (what the ROS node does), offline = earlier and later ones (recorded data)")
+    mdl.add_argument("--fusion-window", type=int, default=FusionConfig.window,
+                     help="keyframes fused into each one (offline: on each side)")
     mdl.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     out = p.add_argument_group("output")
     out.add_argument("--out", default="out/run", help="output folder")
@@ -146,6 +153,27 @@ def iterate_steps(pipeline: VideoPipeline, source: _FrameSource,
             yield pipeline.process(source.get(i))
 
 
+def fused_offline(steps: Iterator[StepResult], config: FusionConfig) -> Iterator[StepResult]:
+    """Non-causal temporal fusion: all steps are collected, then every keyframe's depth is fused with the
+    keyframes before and after it within its continuous track (a tracking-loss reset starts a new one)."""
+    steps = list(steps)
+    tracks: List[List[StepResult]] = [[]]
+    for step in steps:
+        if step.reset and tracks[-1]:
+            tracks.append([])
+        if step.result is not None:
+            tracks[-1].append(step)
+    for track in tracks:
+        fused = fuse_offline([KeyframeDepth(s.result.depth, s.result.confidence, s.result.K, s.frame.T_world_cam)
+                              for s in track], config)
+        for s, out in zip(track, fused):
+            r = s.result
+            s.result = replace(r, depth=out.depth, confidence=out.confidence, fused=out.n_keyframes > 0,
+                               fusion_keyframes=out.n_keyframes,
+                               info=dict(r.info, unfused_depth=r.depth, unfused_confidence=r.confidence))
+    yield from steps
+
+
 def parse_options(items: Sequence[str]) -> dict:
     """``["n_planes=32", "seed=1"]`` -> ``{"n_planes": 32, "seed": 1}`` (values parsed as YAML scalars)."""
     import yaml
@@ -180,13 +208,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     source, description, index = open_source(args)
     estimator = create_model(args.model, checkpoint=args.checkpoint, device=args.device,
                              min_depth=args.min_depth, max_depth=args.max_depth, **parse_options(args.model_option))
+    fusion = FusionConfig(mode=args.temporal_fusion, window=args.fusion_window)
+    # offline fusion needs the whole sequence: the pipeline predicts without it, the steps are fused at the end
+    pipeline_fusion = replace(fusion, mode="off") if fusion.mode == "offline" else fusion
     pipeline = VideoPipeline(estimator, PipelineConfig(width=args.width, height=args.height,
                                                        n_measurement_frames=args.n_measurement_frames,
-                                                       keyframes=KeyframeConfig()))
+                                                       keyframes=KeyframeConfig(), fusion=pipeline_fusion))
     print(f"mvs-depth run: {description}; estimator {estimator.describe()}; "
           f"{args.width}x{args.height}, {args.n_measurement_frames} measurement frame(s), "
-          f"{'keyframes from ' + args.keyframes if index is not None else 'online keyframe selection'}",
-          flush=True)
+          f"{'keyframes from ' + args.keyframes if index is not None else 'online keyframe selection'}, "
+          f"temporal fusion {args.temporal_fusion}", flush=True)
 
     try:
         from tqdm import tqdm
@@ -195,6 +226,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                      disable=None, file=sys.stderr)
     except ImportError:  # pragma: no cover - tqdm is a declared dependency
         steps = iterate_steps(pipeline, source, index)
+    if fusion.mode == "offline":
+        steps = fused_offline(steps, fusion)
 
     per_frame, dense_rows, filt_rows, timings, panels, kf_lines = [], [], [], [], [], []
     threshold = args.confidence_threshold
@@ -212,7 +245,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         meas_names = [Path(m.name).stem for m in step.measurements]
         kf_lines.append(" ".join(f"{n}.png" for n in [stem, *meas_names]))
         timings.append(step.compute_ms)
-        row = {"name": stem, "measurements": meas_names, "ms": step.compute_ms}
+        row = {"name": stem, "measurements": meas_names, "ms": step.compute_ms, "fusion_ms": step.fusion_ms,
+               "fusion_keyframes": res.fusion_keyframes}
         if ref.depth_gt is not None:
             clip = (estimator.min_depth, estimator.max_depth)
             dense = M.depth_metrics(res.depth, ref.depth_gt, min_gt=args.min_gt, clip=clip)
@@ -232,6 +266,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "device": str(estimator.device),
         "source": description,
         "settings": {"width": args.width, "height": args.height, "n_measurement_frames": args.n_measurement_frames,
+                     "temporal_fusion": args.temporal_fusion, "fusion_window": args.fusion_window,
                      "min_depth": args.min_depth, "max_depth": args.max_depth, "min_gt": args.min_gt,
                      "confidence_threshold": threshold, "keyframes": args.keyframes,
                      "checkpoint": args.checkpoint},
