@@ -208,7 +208,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     source, description, index = open_source(args)
     estimator = create_model(args.model, checkpoint=args.checkpoint, device=args.device,
                              min_depth=args.min_depth, max_depth=args.max_depth, **parse_options(args.model_option))
-    fusion = FusionConfig(mode=args.temporal_fusion, window=args.fusion_window)
+    fusion = FusionConfig(mode=args.temporal_fusion, window=args.fusion_window,
+                          min_source_confidence=estimator.fusion_source_confidence)
     # offline fusion needs the whole sequence: the pipeline predicts without it, the steps are fused at the end
     pipeline_fusion = replace(fusion, mode="off") if fusion.mode == "offline" else fusion
     pipeline = VideoPipeline(estimator, PipelineConfig(width=args.width, height=args.height,

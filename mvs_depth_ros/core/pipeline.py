@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, List, Optional, Sequence
 
 import numpy as np
@@ -69,7 +69,10 @@ class VideoPipeline:
         self.config = config
         self.buffer = KeyframeBuffer(config.keyframes)
         self.state: Any = estimator.initial_state()
-        self.fusion = TemporalFusion(config.fusion)
+        fusion = config.fusion
+        if fusion.min_source_confidence is None:
+            fusion = replace(fusion, min_source_confidence=estimator.fusion_source_confidence)
+        self.fusion = TemporalFusion(fusion)
         self.counters = PipelineCounters()
         # source Frame.uid -> the frame at the working resolution. Re-using the same prepared object keeps
         # its uid stable, so estimators' per-frame feature caches hit when a keyframe is used again.
