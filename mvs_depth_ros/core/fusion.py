@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass
-from typing import Deque, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, replace
+from typing import Any, Dict, Deque, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -44,6 +44,8 @@ from .geometry import pose_distance
 log = logging.getLogger(__name__)
 
 MODES = ("off", "causal", "offline")
+#: values of the estimator-dependent fields for estimators that do not set them (``fusion_defaults``)
+DEFAULTS: Dict[str, Any] = {"current_weight": 2.0, "min_source_confidence": 0.0, "fill_holes": True, "occlusion_test": False}
 
 
 @dataclass(frozen=True)
@@ -54,12 +56,15 @@ class FusionConfig:
     window: int = 14                # keyframes re-projected into the new one (offline: on each side)
     history: int = 30               # causal: keyframes kept; the ``window`` nearest by pose distance are used
     inlier_rel: float = 0.07        # |1/d_j - 1/d_median| <= inlier_rel / d_median: agrees with the median
-    current_weight: float = 2.0     # weight multiplier of the new prediction against each re-projected one
     confidence_power: float = 0.5   # candidate weight = confidence ** confidence_power
     min_weight: float = 1e-3        # candidates with less weight are ignored
-    #: kept keyframes' pixels below this confidence are not re-projected (None: the estimator's
-    #: ``fusion_source_confidence``, which the video pipeline fills in; 0 for a bare TemporalFusion)
-    min_source_confidence: Optional[float] = None
+    # None below = the estimator's choice (``DepthEstimator.fusion_defaults``, filled in by :meth:`resolved`)
+    # else :data:`DEFAULTS`:
+    current_weight: Optional[float] = None  # weight multiplier of the new prediction against each re-projected one
+    min_source_confidence: Optional[float] = None   # kept keyframes' pixels below it are not re-projected
+    fill_holes: Optional[bool] = None   # one-pixel cracks of the splat take their 3x3 neighbourhood's nearest point
+    occlusion_test: Optional[bool] = None   # re-projected depth behind the new prediction (beyond inlier_rel)
+                                            # is hidden by its surface: it does not vote
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -68,10 +73,15 @@ class FusionConfig:
             raise ValueError(f"fusion window must be >= 1, got {self.window}")
         if not self.inlier_rel > 0:
             raise ValueError(f"inlier_rel must be > 0, got {self.inlier_rel}")
-        if min(self.current_weight, self.confidence_power, self.min_weight, self.min_source_confidence or 0.0) < 0:
+        if min(self.current_weight or 0, self.confidence_power, self.min_weight, self.min_source_confidence or 0) < 0:
             raise ValueError("current_weight, confidence_power, min_weight and min_source_confidence must be >= 0")
         if self.history < 1:
             raise ValueError(f"fusion history must be >= 1, got {self.history}")
+
+    def resolved(self, estimator_defaults: Optional[Dict[str, Any]] = None) -> "FusionConfig":
+        """This config with the fields left None taken from ``estimator_defaults``, else :data:`DEFAULTS`."""
+        fill = {k: (estimator_defaults or {}).get(k, v) for k, v in DEFAULTS.items() if getattr(self, k) is None}
+        return replace(self, **fill) if fill else self
 
     @property
     def enabled(self) -> bool:
@@ -113,10 +123,14 @@ def _pixel_grid(h: int, w: int) -> torch.Tensor:
 
 
 def _splat_columns(sources: Sequence[KeyframeDepth], K: np.ndarray, T_world_cam: np.ndarray, height: int,
-                   width: int, first: int, columns: int, min_confidence: float = 0.0
+                   width: int, first: int, columns: int, min_confidence: float = 0.0, fill_holes: bool = False
                    ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Z-buffered forward projection of ``sources`` into the target camera, written to the columns
-    ``first + s`` of ``(height * width, columns)`` depth (inf = nothing landed) and confidence buffers."""
+    ``first + s`` of ``(height * width, columns)`` depth (inf = nothing landed) and confidence buffers.
+
+    ``fill_holes``: a target pixel on which no point landed takes the nearest point of its 3x3 neighbourhood
+    (the splat of a surface seen from farther away or at a slant leaves one-pixel cracks; the nearest, not
+    the farthest, so that the background never shows through the cracks of a foreground surface)."""
     n_out = height * width * columns
     dump = n_out                                        # one extra slot takes the points that land nowhere
     T_inv = np.linalg.inv(np.asarray(T_world_cam, np.float64))
@@ -153,7 +167,16 @@ def _splat_columns(sources: Sequence[KeyframeDepth], K: np.ndarray, T_world_cam:
     win = torch.where(z <= out_d[lin], lin, torch.full_like(lin, dump))           # ties: equal depth, any one
     out_c = torch.zeros(n_out + 1)
     out_c[win] = c
-    return out_d[:n_out].reshape(height * width, columns), out_c[:n_out].reshape(height * width, columns)
+    out_d, out_c = out_d[:n_out].reshape(height * width, columns), out_c[:n_out].reshape(height * width, columns)
+    if fill_holes:
+        img = out_d.reshape(height, width, columns).permute(2, 0, 1)[first:first + len(sources)]
+        neg, at = torch.nn.functional.max_pool2d(-img, 3, stride=1, padding=1, return_indices=True)
+        hole = torch.isinf(img) & torch.isfinite(neg)
+        conf = out_c.reshape(height, width, columns).permute(2, 0, 1)[first:first + len(sources)]
+        conf_n = torch.gather(conf.reshape(len(sources), -1), 1, at.reshape(len(sources), -1)).reshape(conf.shape)
+        img[hole] = -neg[hole]                    # views: written through into out_d / out_c
+        conf[hole] = conf_n[hole]
+    return out_d, out_c
 
 
 def splat_depth(sources: Sequence[KeyframeDepth], K: np.ndarray, T_world_cam: np.ndarray,
@@ -207,13 +230,15 @@ def fuse_candidates(depth: torch.Tensor, weight: torch.Tensor, confidence: torch
 def fuse_keyframe(depth: np.ndarray, confidence: np.ndarray, K: np.ndarray, T_world_cam: np.ndarray,
                   others: Sequence[KeyframeDepth], config: FusionConfig) -> FusionOutput:
     """Fuse one keyframe's prediction with ``others`` re-projected into it."""
+    config = config.resolved()
     h, w = depth.shape
     depth = np.asarray(depth, np.float32)
     confidence = np.clip(np.asarray(confidence, np.float32), 0.0, 1.0)
     if not others:
         return FusionOutput(depth.copy(), confidence.copy(), 0, np.isfinite(depth).astype(np.int16))
     C = len(others) + 1
-    d_all, c_all = _splat_columns(others, K, T_world_cam, h, w, 1, C, config.min_source_confidence or 0.0)
+    d_all, c_all = _splat_columns(others, K, T_world_cam, h, w, 1, C, config.min_source_confidence,
+                                  config.fill_holes)
     d_now = torch.from_numpy(depth).reshape(-1)
     c_now = torch.from_numpy(confidence).reshape(-1)
     d_all[:, 0] = d_now
@@ -221,6 +246,12 @@ def fuse_keyframe(depth: np.ndarray, confidence: np.ndarray, K: np.ndarray, T_wo
     wt = c_all ** config.confidence_power if config.confidence_power != 1.0 else c_all.clone()
     wt[:, 0] *= config.current_weight
     wt[wt < config.min_weight] = 0.0
+    if config.occlusion_test:
+        # visibility: a re-projected point farther than the new prediction would be hidden behind its surface
+        # (or shows through a hole of the splat): no evidence against it. One in front of it contradicts it.
+        now_ok = (wt[:, :1] > 0) & torch.isfinite(d_now)[:, None]
+        behind = now_ok & (d_all[:, 1:] * (1.0 - config.inlier_rel) > d_now[:, None])
+        wt[:, 1:][behind] = 0.0
     fused, conf, support = fuse_candidates(d_all, wt, c_all, config.inlier_rel)
     # the new prediction is never dropped: where no candidate has weight, it passes through
     keep_now = torch.isnan(fused) & torch.isfinite(d_now)
@@ -235,7 +266,7 @@ class TemporalFusion:
     """Causal fusion state of a video pipeline: the last ``window`` keyframes' predictions."""
 
     def __init__(self, config: FusionConfig = FusionConfig()):
-        self.config = config
+        self.config = config = config.resolved()
         self._history: Deque[KeyframeDepth] = deque(maxlen=max(config.history, config.window))
         self._shape: Optional[Tuple[int, int]] = None
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence
 
 import numpy as np
@@ -27,9 +27,10 @@ class PipelineConfig:
     height: int = 256
     n_measurement_frames: int = 2
     keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
-    #: temporal fusion of the recent keyframes' depth (``mode="off"`` disables it; the pipeline runs the
-    #: causal mode, ``offline`` is applied by the caller to a whole recorded sequence: ``core.fusion.fuse_offline``)
-    fusion: FusionConfig = field(default_factory=FusionConfig)
+    #: temporal fusion of the recent keyframes' depth: off here (library callers, the official-protocol
+    #: benchmarks); the CLI and the node turn it on (``--temporal-fusion``, ``temporal_fusion``). The pipeline runs
+    #: the causal mode; ``offline`` is applied by the caller to a recorded sequence (``core.fusion.fuse_offline``)
+    fusion: FusionConfig = field(default_factory=lambda: FusionConfig(mode="off"))
 
     def __post_init__(self) -> None:
         if self.width < 8 or self.height < 8:
@@ -69,10 +70,7 @@ class VideoPipeline:
         self.config = config
         self.buffer = KeyframeBuffer(config.keyframes)
         self.state: Any = estimator.initial_state()
-        fusion = config.fusion
-        if fusion.min_source_confidence is None:
-            fusion = replace(fusion, min_source_confidence=estimator.fusion_source_confidence)
-        self.fusion = TemporalFusion(fusion)
+        self.fusion = TemporalFusion(config.fusion.resolved(estimator.fusion_defaults))
         self.counters = PipelineCounters()
         # source Frame.uid -> the frame at the working resolution. Re-using the same prepared object keeps
         # its uid stable, so estimators' per-frame feature caches hit when a keyframe is used again.
