@@ -178,6 +178,10 @@ def test_pipeline_fuses_and_counts(seq):
     raw = np.mean([err(s.result.info["unfused_depth"], s.frame) for s in fused[4:]])
     assert np.mean([err(s.result.depth, s.frame) for s in fused[4:]]) < 0.5 * raw
 
+    assert len(pipe.fusion) > 0
+    pipe.reset()                       # what the node does on a time jump (bag loop) or a pose-source gap
+    assert len(pipe.fusion) == 0
+
     pipe_off, steps_off = _run(seq, "off")
     assert pipe_off.counters.fused == 0
     assert all(not s.result.fused and "unfused_depth" not in s.result.info for s in steps_off if s.result)
