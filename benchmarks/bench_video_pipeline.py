@@ -1,8 +1,13 @@
 """Beyond the official protocol on the HoloLens sample: measurement-frame count, online keyframe selection,
 confidence thresholds and the multi-view consistency filter, all scored on the same 146 reference frames.
 
-    python benchmarks/bench_video_pipeline.py [--models itermvs-blendedmvs[,patchmatchnet]] [--threads 1]
-        [--online-nmeas 2,4] [--thresholds 0.3,0.7,0.9] [--filter-on a,b] [--frames N] [--json PATH]
+    python benchmarks/bench_video_pipeline.py [--models itermvs-blendedmvs[,patchmatchnet,planesweep,...]]
+        [--threads 1] [--online-nmeas 2,4] [--thresholds 0.3,0.7,0.9] [--filter-on a,b] [--frames N]
+        [--no-index] [--no-fusion] [--fusion-window 14] [--json PATH]
+
+``--models`` takes the published-weight entries of ``bench_mvs_accuracy.MODELS`` and any ``bench_models.CONFIGS``
+name (``planesweep``; ``dvmvs_pairnet``, ``dvmvs_fusionnet``, ``mvsnet_64``, ``mvdepthnet`` with the conformance
+fixtures' generated weights: they run through every row, their accuracy means nothing).
 
 Common to every row (the protocol of ``bench_mvs_accuracy.py`` / ``mvs-depth run``): frames of
 ``shared/data/hololens-000`` fed at 540x360 and stretched by ``VideoPipeline`` to 320x256, depth range
@@ -28,6 +33,13 @@ Rows (``<row>`` ids as printed):
   the depth maps of the keyframes it makes are scored on the 146 reference frames (the script reports
   how many of them it made a keyframe and how many measurement sets equal the official index's).
   ``c2`` is the online counterpart of ``a``; ``c4`` (or any N given) has no official index.
+* ``c<N>+fc`` temporal fusion, causal (``core.fusion``; what ``mvs-depth run`` and the node do by default): the
+  same pipeline run with ``FusionConfig(mode="causal")`` and the estimator's ``fusion_defaults`` (``c<N>`` is
+  that run's estimator output, ``DepthResult.info["unfused_depth"]``: nothing is fed back to the estimator, so
+  it equals a run without fusion); ``ms`` = median fusion milliseconds per keyframe (``StepResult.fusion_ms``),
+  beside the estimator's in the ``c<N>`` row. ``c<N>+fo``: offline fusion (``fuse_offline``: the keyframes
+  before *and* after each one) of all the keyframes that run made; ``ms`` = mean per keyframe.
+  ``--no-fusion`` skips both; ``--no-index`` skips ``a``/``b`` (then the paired lines compare with ``c<N>``).
 * ``d@T`` depth maps of ``a``, filtered = confidence >= T (dense columns repeat ``a``).
 * ``e*`` depth maps of ``a``, multi-view consistency (``recon.consistency.filter_depth_maps``): a pixel is
   kept when its 3D point, projected into a neighbouring keyframe's (unfiltered) depth map and back, lands

@@ -1,30 +1,32 @@
 """Temporal depth fusion: the recent keyframes' depth, re-projected into each new keyframe and fused with it.
 
-A posed video sees every surface many times. :class:`TemporalFusion` keeps the depth and confidence of the
-last ``window`` keyframes (the video pipeline's recurrent state: reset with it on tracking loss, a time jump
-or a change of working size), forward-projects them into the new keyframe and fuses them with the new
-prediction per pixel:
+A posed video sees every surface many times. :class:`TemporalFusion` keeps the raw depth and confidence of the
+last ``history`` keyframes (the video pipeline's recurrent state: reset with it on tracking loss, a time jump
+or a change of working size), forward-projects the ``window`` nearest (pose distance) into the new keyframe
+and fuses them with the new prediction per pixel:
 
 1. **Splatting** (:func:`splat_depth`): every valid source pixel is back-projected, moved into the target
    camera and rounded to its nearest target pixel; a z-buffer (``scatter_reduce(amin)``) keeps the nearest
    point per target pixel, so an occluded point never overwrites a nearer one; points behind the camera or
-   outside the image are dropped. The winner's confidence travels with it. All sources at once, no per-pixel
-   Python.
+   outside the image are dropped. The winner's confidence travels with it. ``fill_holes`` closes the
+   one-pixel cracks of the splat with the nearest point of the 3x3 neighbourhood. All sources at once, no
+   per-pixel Python.
 2. **Robust fusion** (:func:`fuse_candidates`), in inverse depth (the quantity MVS errors are roughly uniform
-   in): the candidates of a pixel (the new prediction and up to ``window`` re-projected ones) get weights
-   ``confidence ** confidence_power`` (the new prediction's multiplied by ``current_weight``); the weighted
-   median picks the mode of the evidence, candidates within ``inlier_rel`` (relative inverse depth) of it are
-   the inliers, everything else is rejected, and the fused inverse depth is the inliers' weighted mean. This
-   is the depth-agreement test: re-projections that land on another surface (occlusion boundaries, holes of
-   the nearest-pixel splat) disagree with the mode and do not count.
-3. **Confidence** keeps its meaning ("the probability that this depth is right"): the fused confidence is
-   the agreement of the evidence, ``1 - prod(1 - c_j)`` over the inliers (independent votes) scaled by the
-   inliers' share of all the weight (contradiction lowers it). A pixel seen once keeps the estimator's
-   confidence; one confirmed by several views rises; one contradicted by them falls, so a confidence
-   threshold still trades coverage for accuracy.
+   in): the candidates of a pixel (the new prediction and the re-projected ones) get weights
+   ``confidence ** confidence_power`` (the new prediction's times ``current_weight``); the weighted median
+   is the mode of the evidence, candidates within ``inlier_rel`` (relative inverse depth) of it are the
+   inliers, the others are rejected, and the fused inverse depth is the inliers' weighted mean: the
+   depth-agreement test. ``occlusion_test`` is the visibility test: a re-projected point behind the new
+   prediction would be hidden by its surface (or shows through a crack), so it does not vote.
+3. **Confidence** keeps its meaning ("how likely this depth is right"): the fused confidence is the agreement
+   of the evidence, ``1 - prod(1 - c_j)`` over the inliers (independent votes), times the inliers' share of
+   all the weight (contradiction lowers it). A pixel seen once keeps the estimator's confidence, one
+   confirmed by other keyframes rises, one contradicted falls: a confidence threshold still trades coverage
+   for accuracy.
 
 Causal by default (only past keyframes: what a robot has). :func:`fuse_offline` is the non-causal variant for
-recorded sequences (``mvs-depth run``): each keyframe is fused with its neighbours before *and* after.
+recorded sequences (``mvs-depth run --temporal-fusion offline``): each keyframe with its neighbours before
+*and* after. Some settings depend on the estimator's error profile (``DepthEstimator.fusion_defaults``).
 
 Shapes: depth ``(H, W)`` float32 metres, NaN invalid; confidence ``(H, W)`` in [0, 1]; ``K`` 3x3; poses
 ``T_world_cam`` 4x4 camera-to-world (OpenCV optical axes).
@@ -264,7 +266,7 @@ def fuse_keyframe(depth: np.ndarray, confidence: np.ndarray, K: np.ndarray, T_wo
 
 
 class TemporalFusion:
-    """Causal fusion state of a video pipeline: the last ``window`` keyframes' predictions."""
+    """Causal fusion state of a video pipeline: the last ``history`` keyframes' raw predictions."""
 
     def __init__(self, config: FusionConfig = FusionConfig()):
         self.config = config = config.resolved()
