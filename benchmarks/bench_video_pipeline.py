@@ -1,8 +1,13 @@
 """Beyond the official protocol on the HoloLens sample: measurement-frame count, online keyframe selection,
 confidence thresholds and the multi-view consistency filter, all scored on the same 146 reference frames.
 
-    python benchmarks/bench_video_pipeline.py [--models itermvs-blendedmvs[,patchmatchnet]] [--threads 1]
-        [--online-nmeas 2,4] [--thresholds 0.3,0.7,0.9] [--filter-on a,b] [--frames N] [--json PATH]
+    python benchmarks/bench_video_pipeline.py [--models itermvs-blendedmvs[,patchmatchnet,planesweep,...]]
+        [--threads 1] [--online-nmeas 2,4] [--thresholds 0.3,0.7,0.9] [--filter-on a,b] [--frames N]
+        [--no-index] [--no-fusion] [--fusion-window 14] [--json PATH]
+
+``--models`` takes the published-weight entries of ``bench_mvs_accuracy.MODELS`` and any ``bench_models.CONFIGS``
+name (``planesweep``; ``dvmvs_pairnet``, ``dvmvs_fusionnet``, ``mvsnet_64``, ``mvdepthnet`` with the conformance
+fixtures' generated weights: they run through every row, their accuracy means nothing).
 
 Common to every row (the protocol of ``bench_mvs_accuracy.py`` / ``mvs-depth run``): frames of
 ``shared/data/hololens-000`` fed at 540x360 and stretched by ``VideoPipeline`` to 320x256, depth range
@@ -28,6 +33,13 @@ Rows (``<row>`` ids as printed):
   the depth maps of the keyframes it makes are scored on the 146 reference frames (the script reports
   how many of them it made a keyframe and how many measurement sets equal the official index's).
   ``c2`` is the online counterpart of ``a``; ``c4`` (or any N given) has no official index.
+* ``c<N>+fc`` temporal fusion, causal (``core.fusion``; what ``mvs-depth run`` and the node do by default): the
+  same pipeline run with ``FusionConfig(mode="causal")`` and the estimator's ``fusion_defaults`` (``c<N>`` is
+  that run's estimator output, ``DepthResult.info["unfused_depth"]``: nothing is fed back to the estimator, so
+  it equals a run without fusion); ``ms`` = median fusion milliseconds per keyframe (``StepResult.fusion_ms``),
+  beside the estimator's in the ``c<N>`` row. ``c<N>+fo``: offline fusion (``fuse_offline``: the keyframes
+  before *and* after each one) of all the keyframes that run made; ``ms`` = mean per keyframe.
+  ``--no-fusion`` skips both; ``--no-index`` skips ``a``/``b`` (then the paired lines compare with ``c<N>``).
 * ``d@T`` depth maps of ``a``, filtered = confidence >= T (dense columns repeat ``a``).
 * ``e*`` depth maps of ``a``, multi-view consistency (``recon.consistency.filter_depth_maps``): a pixel is
   kept when its 3D point, projected into a neighbouring keyframe's (unfiltered) depth map and back, lands
@@ -56,8 +68,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -65,8 +78,10 @@ import cv2
 import numpy as np
 import torch
 
+from bench_models import CONFIGS, generated_checkpoint
 from bench_mvs_accuracy import MODELS, hololens_root  # registry name, checkpoint, official figures
 from mvs_depth_ros.core.frame import DepthResult, Frame
+from mvs_depth_ros.core.fusion import FusionConfig, KeyframeDepth, fuse_offline
 from mvs_depth_ros.core.pipeline import PipelineConfig, StepResult, VideoPipeline
 from mvs_depth_ros.data.scenes import load_scene, read_keyframe_index
 from mvs_depth_ros.eval.metrics import aggregate, depth_metrics, write_metrics_json
@@ -97,6 +112,7 @@ class Run:
     measurements: List[List[str]]
     ms: List[float]
     notes: List[str] = field(default_factory=list)
+    fusion_ms: List[float] = field(default_factory=list)
 
     @property
     def threshold(self) -> float:
@@ -124,7 +140,8 @@ def _stem(name: str) -> str:
 
 
 def run_index(est, frames: Frames, index, n_meas: int, width: int, height: int) -> Run:
-    pipe = VideoPipeline(est, PipelineConfig(width=width, height=height, n_measurement_frames=n_meas))
+    pipe = VideoPipeline(est, PipelineConfig(width=width, height=height, n_measurement_frames=n_meas,
+                                             fusion=FusionConfig(mode="off")))
     run = Run([], [], [], [])
     for ref, meas in index:
         _record(run, pipe.process_keyframe(frames.named(ref), [frames.named(m) for m in meas]))
@@ -132,15 +149,24 @@ def run_index(est, frames: Frames, index, n_meas: int, width: int, height: int) 
 
 
 def run_online(est, frames: Frames, refs: Sequence[str], n_meas: int, width: int, height: int,
-               indices: Dict[int, list]) -> Run:
-    """Offer the frames in order until the last reference frame; keep the keyframes that are references."""
-    pipe = VideoPipeline(est, PipelineConfig(width=width, height=height, n_measurement_frames=n_meas))
+               indices: Dict[int, list], fusion: Optional[FusionConfig] = None) -> Dict[str, Run]:
+    """Offer the frames in order until the last reference frame; keep the keyframes that are references.
+
+    With ``fusion`` the pipeline fuses causally; returns ``{"": estimator output, "fc": causal fusion,
+    "fo": offline fusion of all the keyframes made}`` (the estimator's output is the same with or without
+    fusion: nothing is fed back to it), else ``{"": estimator output}``."""
+    fusion = fusion if fusion is not None else FusionConfig(mode="off")
+    pipe = VideoPipeline(est, PipelineConfig(width=width, height=height, n_measurement_frames=n_meas,
+                                             fusion=fusion))
     wanted = set(refs)
     got: Dict[str, StepResult] = {}
+    made: List[StepResult] = []
     last = max(frames.scene.index_of(r) for r in refs)
     for i in range(last + 1):
         step = pipe.process(frames[i])
         name = _stem(step.frame.name)
+        if step.result is not None:
+            made.append(step)
         if step.result is not None and name in wanted:
             got[name] = step
     missing = [r for r in refs if r not in got]
@@ -161,7 +187,23 @@ def run_online(est, frames: Frames, refs: Sequence[str], n_meas: int, width: int
     else:
         run.notes.append(f"no official nmeas+{n_meas} index; mean measurement frames "
                          f"{np.mean([len(m) for m in run.measurements]):.2f}")
-    return run
+    if fusion.mode == "off":
+        return {"": run}
+    raw = Run([replace(r, depth=r.info["unfused_depth"], confidence=r.info["unfused_confidence"], fused=False)
+               for r in run.results], run.frames, run.measurements, [got[r].compute_ms - got[r].fusion_ms for r in refs],
+              run.notes)
+    causal = Run(run.results, run.frames, run.measurements, [got[r].fusion_ms for r in refs],
+                 [f"{pipe.counters.fused}/{pipe.counters.predictions} predictions fused"],
+                 fusion_ms=[got[r].fusion_ms for r in refs])
+    t0 = time.perf_counter()
+    off = fuse_offline([KeyframeDepth(s.result.info["unfused_depth"], s.result.info["unfused_confidence"],
+                                      s.result.K, s.frame.T_world_cam) for s in made], replace(pipe.fusion.config, mode="offline"))
+    off_ms = (time.perf_counter() - t0) * 1e3 / len(made)
+    by_name = {_stem(s.frame.name): o for s, o in zip(made, off)}
+    offline = Run([replace(r, depth=by_name[n].depth, confidence=by_name[n].confidence) for r, n in
+                   zip(raw.results, refs)], run.frames, run.measurements, [off_ms] * len(refs),
+                  [f"offline fusion over the {len(made)} keyframes made"])
+    return {"": raw, "fc": causal, "fo": offline}
 
 
 def _record(run: Run, step: StepResult) -> None:
@@ -211,6 +253,29 @@ def table(rows: List[dict]) -> str:
     return "\n".join(lines)
 
 
+def make_estimator(key: str, shared: Path, device: str, tmp: Path):
+    """(estimator, official abs_rel or None, official a1 or None) of a ``--models`` entry: the published
+    weights of ``bench_mvs_accuracy.MODELS``, or a ``bench_models.CONFIGS`` name (planesweep; fixture-generated
+    weights for the models without published ones here: they run, their accuracy means nothing)."""
+    if key in MODELS:
+        model, ck_parts, off_rel, off_a1 = MODELS[key]
+        return (create_model(model, checkpoint=str(shared.joinpath(*ck_parts)), device=device, min_depth=MIN_DEPTH,
+                             max_depth=MAX_DEPTH), off_rel, off_a1)
+    if key not in CONFIGS:
+        raise SystemExit(f"unknown model {key!r}: one of {', '.join([*MODELS, *CONFIGS])}")
+    model, ck, extra = CONFIGS[key]
+    options = dict(o.split("=", 1) for o in extra[1::2])
+    options = {k: int(v) if v.isdigit() else v for k, v in options.items()}
+    if ck and ck.startswith("generated:"):
+        ck = generated_checkpoint(model, ck.split(":", 1)[1], tmp)
+        if ck is None:
+            raise SystemExit(f"{key}: its conformance fixture is not in the shared folder")
+    elif ck:
+        ck = shared / ck
+    return (create_model(model, checkpoint=str(ck) if ck else None, device=device, min_depth=MIN_DEPTH,
+                         max_depth=MAX_DEPTH, **options), None, None)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="itermvs-blendedmvs", help=f"comma list of {', '.join(MODELS)}")
@@ -224,6 +289,9 @@ def main(argv=None) -> int:
     ap.add_argument("--filter-on", default="a", help="inference rows the d/e filters are applied to (a, b, c<N>)")
     ap.add_argument("--frames", type=int, default=0, help="first N reference frames only (0 = all 146; smoke test)")
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    ap.add_argument("--no-index", action="store_true", help="skip the official-index rows a and b")
+    ap.add_argument("--no-fusion", action="store_true", help="skip the temporal fusion rows c<N>+fc / c<N>+fo")
+    ap.add_argument("--fusion-window", type=int, default=FusionConfig.window)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
@@ -250,19 +318,22 @@ def main(argv=None) -> int:
           f"depth {MIN_DEPTH:g}-{MAX_DEPTH:g} m, GT >= {MIN_GT:g} m, {args.threads} thread(s), {args.device}",
           flush=True)
 
+    fusion = None if args.no_fusion else FusionConfig(mode="causal", window=args.fusion_window)
     out = {}
+    tmp = tempfile.TemporaryDirectory()
     for key in [m.strip() for m in args.models.split(",") if m.strip()]:
-        model, ck_parts, off_rel, off_a1 = MODELS[key]
-        est = create_model(model, checkpoint=str(shared.joinpath(*ck_parts)), device=args.device,
-                           min_depth=MIN_DEPTH, max_depth=MAX_DEPTH)
+        est, off_rel, off_a1 = make_estimator(key, shared, args.device, Path(tmp.name))
         runs: Dict[str, Tuple[str, Run]] = {}
         t0 = time.perf_counter()
-        runs["a"] = ("official index nmeas+2", run_index(est, frames, indices[2], 2, args.width, args.height))
-        if 3 in indices:
-            runs["b"] = ("official index nmeas+3", run_index(est, frames, indices[3], 3, args.width, args.height))
+        if not args.no_index:
+            runs["a"] = ("official index nmeas+2", run_index(est, frames, indices[2], 2, args.width, args.height))
+            if 3 in indices:
+                runs["b"] = ("official index nmeas+3", run_index(est, frames, indices[3], 3, args.width, args.height))
         for n in online:
-            runs[f"c{n}"] = (f"online keyframes, {n} measurement frames",
-                             run_online(est, frames, refs, n, args.width, args.height, indices))
+            for suffix, run in run_online(est, frames, refs, n, args.width, args.height, indices, fusion).items():
+                label = {"": "", "fc": " + causal fusion (ms: fusion only)",
+                         "fo": " + offline fusion (ms: fusion only)"}[suffix]
+                runs[f"c{n}" + (f"+{suffix}" if suffix else "")] = (f"online keyframes, {n} meas. frames{label}", run)
         print(f"{key}: {len(runs)} inference variants in {time.perf_counter() - t0:.0f} s", flush=True)
 
         rows, per_frame_dense = [], {}
@@ -288,18 +359,20 @@ def main(argv=None) -> int:
                 rows.append(dict(id=f"{prefix}{ck}", variant=f"{variant} (= {base})", dense=dense,
                                  filter=describe_consistency(ck, run.threshold), filtered=filt, ms=ms))
 
-        print(f"\n{key}: {est.describe()}; official (nmeas+2 index): abs_rel {off_rel:.4f}, a1 {off_a1:.4f}")
+        official = f"; official (nmeas+2 index): abs_rel {off_rel:.4f}, a1 {off_a1:.4f}" if off_rel else ""
+        print(f"\n{key}: {est.describe()}{official}")
         print(table(rows))
-        base_rows = per_frame_dense["a"]
+        base = next(iter(runs))
+        base_rows = per_frame_dense[base]
         for rid, (_, run) in runs.items():
-            if rid == "a":
+            if rid == base:
                 continue
             pairs = [(x["abs_rel"], y["abs_rel"]) for x, y in zip(per_frame_dense[rid], base_rows)
                      if x is not None and y is not None and np.isfinite(x["abs_rel"]) and np.isfinite(y["abs_rel"])]
             better, equal = sum(x < y for x, y in pairs), sum(x == y for x, y in pairs)
             diff = np.mean([x - y for x, y in pairs]) if pairs else float("nan")
             notes = "; ".join(run.notes)
-            print(f"  {rid}: dense abs_rel lower than a's on {better}/{len(pairs)} frames, equal on {equal} (mean "
+            print(f"  {rid}: dense abs_rel lower than {base}'s on {better}/{len(pairs)} frames, equal on {equal} (mean "
                   f"per-frame difference {diff:+.4f}){'; ' + notes if notes else ''}")
         out[key] = {"official": {"abs_rel": off_rel, "a1": off_a1}, "rows": rows,
                     "measurements": {rid: run.measurements for rid, (_, run) in runs.items()}}

@@ -68,3 +68,23 @@ def test_learned_model_without_checkpoint_falls_back(tmp_path, caplog):
         assert cli_main(["run", *ARGS, "--model", "itermvs", "--out", str(tmp_path), "--pictures", "0"]) == 0
     assert "falling back to the classical 'planesweep'" in caplog.text
     assert json.loads((tmp_path / "metrics.json").read_text())["summary"]["model"] == "planesweep"
+
+
+def test_temporal_fusion_modes(online_run, tmp_path):
+    """Causal fusion (the default) fuses every keyframe after the first with earlier ones; offline fusion also
+    uses later ones (the first keyframe too); off leaves the estimator's depth."""
+    causal = json.loads((online_run / "metrics.json").read_text())
+    runs = {"causal": causal}
+    for mode in ("off", "offline"):
+        out = tmp_path / mode
+        assert cli_main(["run", *ARGS, "--temporal-fusion", mode, "--out", str(out), "--pictures", "0"]) == 0
+        runs[mode] = json.loads((out / "metrics.json").read_text())
+    n = {m: [row["fusion_keyframes"] for row in r["per_frame"]] for m, r in runs.items()}
+    assert causal["summary"]["settings"]["temporal_fusion"] == "causal"
+    assert n["off"] == [0] * len(n["off"]) and runs["off"]["summary"]["pipeline"]["fused"] == 0
+    assert n["causal"][0] == 0 and all(k > 0 for k in n["causal"][1:])
+    assert causal["summary"]["pipeline"]["fused"] == len(n["causal"]) - 1
+    assert all(k > 0 for k in n["offline"]) and n["offline"][0] > n["causal"][0]
+    name = causal["per_frame"][-1]["name"]
+    off, fused = (np.load(tmp_path / "off" / "depth" / f"{name}.npy"), np.load(online_run / "depth" / f"{name}.npy"))
+    assert np.isfinite(fused).sum() >= np.isfinite(off).sum() and not np.array_equal(off, fused)

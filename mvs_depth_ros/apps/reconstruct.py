@@ -36,6 +36,7 @@ from ..recon import metrics as RM
 from ..recon import render as RR
 from ..recon.consistency import ConsistencyConfig, filter_depth_maps
 from ..recon.tsdf import TSDFConfig, TSDFVolume
+from .run import add_fusion_arguments
 
 log = logging.getLogger("mvs_depth_ros.reconstruct")
 
@@ -76,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     mdl.add_argument("--min-depth", type=float, default=0.25)
     mdl.add_argument("--max-depth", type=float, default=20.0)
     mdl.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    # off by default: the consistency filter below checks each depth map against its neighbours', which fused
+    # maps agree with by construction
+    add_fusion_arguments(mdl, "off")
     flt = p.add_argument_group("filtering")
     flt.add_argument("--no-consistency", dest="consistency", action="store_false",
                      help="skip the multi-view consistency filter (confidence threshold still applies)")
@@ -165,19 +169,16 @@ def views_from_run(run_dir: Path, args) -> tuple:
 
 def views_from_pipeline(args) -> tuple:
     """Run the video pipeline (as ``mvs-depth run`` does) and keep every keyframe's depth."""
-    from ..core.keyframes import KeyframeConfig
-    from ..core.pipeline import PipelineConfig, VideoPipeline
     from ..models.registry import create_model
-    from .run import iterate_steps, open_source
+    from .run import make_pipeline, open_source, run_steps
     source, description, index = open_source(_source_args(args))
     est = create_model(args.model, checkpoint=args.checkpoint, device=args.device, min_depth=args.min_depth,
                        max_depth=args.max_depth)
-    pipe = VideoPipeline(est, PipelineConfig(width=args.width, height=args.height,
-                                             n_measurement_frames=args.n_measurement_frames,
-                                             keyframes=KeyframeConfig()))
-    print(f"mvs-depth reconstruct: {description}; estimator {est.describe()}", flush=True)
+    pipe, fusion = make_pipeline(est, args)
+    print(f"mvs-depth reconstruct: {description}; estimator {est.describe()}; temporal fusion {fusion.mode}",
+          flush=True)
     views, threshold, ms = [], None, []
-    for step in iterate_steps(pipe, source, index):
+    for step in run_steps(pipe, source, index, fusion):
         res = step.result
         if res is None or not step.frame.has_pose:
             continue

@@ -18,12 +18,14 @@ import statistics
 import sys
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..core.frame import Frame
+from ..core.fusion import FusionConfig, KeyframeDepth, fuse_offline
 from ..core.keyframes import KeyframeConfig
 from ..core.pipeline import PipelineConfig, StepResult, VideoPipeline
 from ..data.paths import shared_path
@@ -62,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="threshold for the 'filtered' numbers (default: the estimator's own)")
     mdl.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
                      help="estimator-specific option, repeatable (e.g. n_planes=32, seed=1); values parsed as YAML")
+    add_fusion_arguments(mdl, "causal")
     mdl.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     out = p.add_argument_group("output")
     out.add_argument("--out", default="out/run", help="output folder")
@@ -146,6 +149,56 @@ def iterate_steps(pipeline: VideoPipeline, source: _FrameSource,
             yield pipeline.process(source.get(i))
 
 
+def add_fusion_arguments(group, default: str) -> None:
+    group.add_argument("--temporal-fusion", default=default, choices=("off", "causal", "offline"),
+                       help="fuse each keyframe's depth with its neighbours' re-projected into it: causal = earlier "
+                       "keyframes only (what the ROS node does), offline = earlier and later ones (recorded data)")
+    group.add_argument("--fusion-window", type=int, default=FusionConfig.window,
+                       help="keyframes fused into each one (offline: on each side)")
+
+
+def make_pipeline(estimator, args) -> Tuple[VideoPipeline, FusionConfig]:
+    """The video pipeline of ``args`` (size, measurement frames, temporal fusion) and its fusion settings.
+    Offline fusion needs the whole sequence: the pipeline then predicts without it (see :func:`run_steps`)."""
+    fusion = FusionConfig(mode=args.temporal_fusion, window=args.fusion_window).resolved(estimator.fusion_defaults)
+    pipeline = VideoPipeline(estimator, PipelineConfig(
+        width=args.width, height=args.height, n_measurement_frames=args.n_measurement_frames,
+        keyframes=KeyframeConfig(), fusion=replace(fusion, mode="off") if fusion.mode == "offline" else fusion))
+    return pipeline, fusion
+
+
+def run_steps(pipeline: VideoPipeline, source: "_FrameSource", index, fusion: FusionConfig,
+              progress: bool = False) -> Iterator[StepResult]:
+    """:func:`iterate_steps`, with a progress bar, fused offline at the end when ``fusion.mode == "offline"``."""
+    steps = iterate_steps(pipeline, source, index)
+    if progress:
+        from tqdm import tqdm
+        total = len(index) if index is not None else source.count
+        steps = tqdm(steps, total=total, unit="frame" if index is None else "kf", disable=None, file=sys.stderr)
+    return fused_offline(steps, fusion) if fusion.mode == "offline" else steps
+
+
+def fused_offline(steps: Iterator[StepResult], config: FusionConfig) -> Iterator[StepResult]:
+    """Non-causal temporal fusion: all steps are collected, then every keyframe's depth is fused with the
+    keyframes before and after it within its continuous track (a tracking-loss reset starts a new one)."""
+    steps = list(steps)
+    tracks: List[List[StepResult]] = [[]]
+    for step in steps:
+        if step.reset and tracks[-1]:
+            tracks.append([])
+        if step.result is not None:
+            tracks[-1].append(step)
+    for track in tracks:
+        fused = fuse_offline([KeyframeDepth(s.result.depth, s.result.confidence, s.result.K, s.frame.T_world_cam)
+                              for s in track], config)
+        for s, out in zip(track, fused):
+            r = s.result
+            s.result = replace(r, depth=out.depth, confidence=out.confidence, fused=out.n_keyframes > 0,
+                               fusion_keyframes=out.n_keyframes,
+                               info=dict(r.info, unfused_depth=r.depth, unfused_confidence=r.confidence))
+    yield from steps
+
+
 def parse_options(items: Sequence[str]) -> dict:
     """``["n_planes=32", "seed=1"]`` -> ``{"n_planes": 32, "seed": 1}`` (values parsed as YAML scalars)."""
     import yaml
@@ -180,21 +233,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     source, description, index = open_source(args)
     estimator = create_model(args.model, checkpoint=args.checkpoint, device=args.device,
                              min_depth=args.min_depth, max_depth=args.max_depth, **parse_options(args.model_option))
-    pipeline = VideoPipeline(estimator, PipelineConfig(width=args.width, height=args.height,
-                                                       n_measurement_frames=args.n_measurement_frames,
-                                                       keyframes=KeyframeConfig()))
+    pipeline, fusion = make_pipeline(estimator, args)
     print(f"mvs-depth run: {description}; estimator {estimator.describe()}; "
           f"{args.width}x{args.height}, {args.n_measurement_frames} measurement frame(s), "
-          f"{'keyframes from ' + args.keyframes if index is not None else 'online keyframe selection'}",
-          flush=True)
-
-    try:
-        from tqdm import tqdm
-        total = len(index) if index is not None else source.count
-        steps = tqdm(iterate_steps(pipeline, source, index), total=total, unit="frame" if index is None else "kf",
-                     disable=None, file=sys.stderr)
-    except ImportError:  # pragma: no cover - tqdm is a declared dependency
-        steps = iterate_steps(pipeline, source, index)
+          f"{'keyframes from ' + args.keyframes if index is not None else 'online keyframe selection'}, "
+          f"temporal fusion {args.temporal_fusion}", flush=True)
+    steps = run_steps(pipeline, source, index, fusion, progress=True)
 
     per_frame, dense_rows, filt_rows, timings, panels, kf_lines = [], [], [], [], [], []
     threshold = args.confidence_threshold
@@ -212,7 +256,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         meas_names = [Path(m.name).stem for m in step.measurements]
         kf_lines.append(" ".join(f"{n}.png" for n in [stem, *meas_names]))
         timings.append(step.compute_ms)
-        row = {"name": stem, "measurements": meas_names, "ms": step.compute_ms}
+        row = {"name": stem, "measurements": meas_names, "ms": step.compute_ms, "fusion_ms": step.fusion_ms,
+               "fusion_keyframes": res.fusion_keyframes}
         if ref.depth_gt is not None:
             clip = (estimator.min_depth, estimator.max_depth)
             dense = M.depth_metrics(res.depth, ref.depth_gt, min_gt=args.min_gt, clip=clip)
@@ -232,6 +277,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "device": str(estimator.device),
         "source": description,
         "settings": {"width": args.width, "height": args.height, "n_measurement_frames": args.n_measurement_frames,
+                     "temporal_fusion": args.temporal_fusion, "fusion_window": args.fusion_window,
                      "min_depth": args.min_depth, "max_depth": args.max_depth, "min_gt": args.min_gt,
                      "confidence_threshold": threshold, "keyframes": args.keyframes,
                      "checkpoint": args.checkpoint},

@@ -157,6 +157,8 @@ class DepthResult:
     ``depth``: (H, W) float32 metres, NaN where invalid. ``confidence``: (H, W) float32 in [0, 1].
     ``K``: intrinsics of the depth image. ``state``: the recurrent state to pass to the next call.
     ``info``: free-form diagnostics (timings, plane count, ...), never needed for correctness.
+    ``fused``: depth and confidence are the temporal fusion of this prediction with ``fusion_keyframes``
+    earlier (offline: also later) keyframes (``core.fusion``); False for the estimator's own output.
     """
 
     depth: np.ndarray
@@ -164,6 +166,8 @@ class DepthResult:
     K: np.ndarray
     state: Any = None
     info: Dict[str, Any] = field(default_factory=dict)
+    fused: bool = False
+    fusion_keyframes: int = 0
 
     def __post_init__(self) -> None:
         if self.depth.dtype != np.float32 or self.depth.ndim != 2:

@@ -1,4 +1,4 @@
-"""The video pipeline: keyframe buffer + estimator + recurrent state.
+"""The video pipeline: keyframe buffer + estimator + recurrent state + temporal fusion.
 
 This object is the only thing the CLI, the tests and the ROS node drive, so a number measured offline
 is the number the robot gets.
@@ -11,8 +11,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence
 
+import numpy as np
+
 from ..models.base import DepthEstimator
 from .frame import DepthResult, Frame
+from .fusion import FusionConfig, TemporalFusion
 from .keyframes import KeyframeBuffer, KeyframeConfig, KeyframeStatus
 
 log = logging.getLogger(__name__)
@@ -24,6 +27,10 @@ class PipelineConfig:
     height: int = 256
     n_measurement_frames: int = 2
     keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
+    #: temporal fusion of the recent keyframes' depth: off here (library callers, the official-protocol
+    #: benchmarks); the CLI and the node turn it on (``--temporal-fusion``, ``temporal_fusion``). The pipeline runs
+    #: the causal mode; ``offline`` is applied by the caller to a recorded sequence (``core.fusion.fuse_offline``)
+    fusion: FusionConfig = field(default_factory=lambda: FusionConfig(mode="off"))
 
     def __post_init__(self) -> None:
         if self.width < 8 or self.height < 8:
@@ -40,7 +47,8 @@ class StepResult:
     frame: Frame                       # the input frame at the working resolution
     measurements: List[Frame] = field(default_factory=list)
     result: Optional[DepthResult] = None
-    compute_ms: float = 0.0
+    compute_ms: float = 0.0            # estimator + fusion
+    fusion_ms: float = 0.0             # of which temporal fusion
     reset: bool = False                # the recurrent state and buffer were reset before this frame
 
 
@@ -51,6 +59,7 @@ class PipelineCounters:
     predictions: int = 0
     no_pose: int = 0
     resets: int = 0
+    fused: int = 0                     # predictions fused with >= 1 earlier keyframe
 
 
 class VideoPipeline:
@@ -61,6 +70,7 @@ class VideoPipeline:
         self.config = config
         self.buffer = KeyframeBuffer(config.keyframes)
         self.state: Any = estimator.initial_state()
+        self.fusion = TemporalFusion(config.fusion.resolved(estimator.fusion_defaults))
         self.counters = PipelineCounters()
         # source Frame.uid -> the frame at the working resolution. Re-using the same prepared object keeps
         # its uid stable, so estimators' per-frame feature caches hit when a keyframe is used again.
@@ -72,6 +82,7 @@ class VideoPipeline:
         self.buffer.clear()
         self._prepared.clear()
         self.state = self.estimator.initial_state()
+        self.fusion.reset()
         self.counters.resets += 1
 
     def prepare(self, frame: Frame) -> Frame:
@@ -99,6 +110,7 @@ class VideoPipeline:
             log.warning("tracking lost (%d frames without a pose): keyframes and recurrent state reset",
                         self.config.keyframes.tracking_lost_frames + 1)
             self.state = self.estimator.initial_state()
+            self.fusion.reset()
             self.counters.resets += 1
             step.reset = True
         elif status == KeyframeStatus.KEYFRAME:
@@ -124,7 +136,21 @@ class VideoPipeline:
             return
         t0 = time.perf_counter()
         result = self.estimator.estimate(step.frame, step.measurements, self.state)
-        step.compute_ms = (time.perf_counter() - t0) * 1e3
         self.state = result.state
+        if self.config.fusion.mode == "causal":
+            t1 = time.perf_counter()
+            result = self._fuse(result, step.frame.T_world_cam)
+            step.fusion_ms = (time.perf_counter() - t1) * 1e3
+        step.compute_ms = (time.perf_counter() - t0) * 1e3
         step.result = result
         self.counters.predictions += 1
+
+    def _fuse(self, result: DepthResult, T_world_cam: np.ndarray) -> DepthResult:
+        """The causal temporal fusion of ``result`` with the kept keyframes (the raw prediction stays in
+        ``info["unfused_depth"]`` / ``info["unfused_confidence"]``)."""
+        out = self.fusion.step(result.depth, result.confidence, result.K, T_world_cam)
+        if out.n_keyframes > 0:
+            self.counters.fused += 1
+        info = dict(result.info, unfused_depth=result.depth, unfused_confidence=result.confidence)
+        return DepthResult(out.depth, out.confidence, result.K, result.state, info,
+                           fused=out.n_keyframes > 0, fusion_keyframes=out.n_keyframes)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import logging
-from typing import Any, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 
@@ -53,6 +53,8 @@ class DepthEstimator(abc.ABC):
     recurrent: bool = False
     #: number of measurement frames the estimator wants (None: any number >= 1)
     preferred_measurement_frames: Optional[int] = None
+    #: the estimator-dependent settings of the temporal fusion (``core.fusion.DEFAULTS`` keys) that differ for it
+    fusion_defaults: Dict[str, Any] = {}
 
     def __init__(self, device: str = "auto", min_depth: float = 0.25, max_depth: float = 20.0):
         if not (0 < min_depth < max_depth):

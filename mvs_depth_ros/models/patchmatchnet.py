@@ -451,6 +451,11 @@ class PatchmatchNetEstimator(DepthEstimator):
     """
 
     name = "patchmatchnet"
+    # its gross errors are depth far behind the surface: re-projected depth in front of the new prediction is
+    # the evidence against it, depth behind it is hidden; and its confidence hardly tells good depth from bad,
+    # so the new prediction gets no more weight than a re-projected one (HoloLens sample, causal fusion:
+    # abs_rel 0.2528 without both, 0.2346 with the occlusion test, 0.2184 with both; README)
+    fusion_defaults = {"occlusion_test": True, "current_weight": 1.0}
     preferred_measurement_frames = 2
 
     def __init__(self, checkpoint: Optional[str] = None, device: str = "auto", min_depth: float = 0.25,

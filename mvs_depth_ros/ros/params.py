@@ -158,6 +158,7 @@ MVS_SPECS: Dict[str, Spec] = {
     "keyframe_pose_distance": Spec(0.1, "pose distance that makes a new keyframe", 0.0, 100.0),
     "optimal_t_measure": Spec(0.15, "preferred measurement-frame baseline, metres", 0.0, 100.0),
     "tracking_lost_frames": Spec(30, "frames without a pose before the keyframes and state are reset", 0, 100000),
+    "temporal_fusion": Spec(True, "fuse each keyframe's depth with the previous keyframes' re-projected into it"),
     # live-tunable outputs
     "confidence_threshold": Spec(0.0, "depth below this confidence is published as NaN (0 = keep all)", 0.0, 1.0,
                                  read_only=False),
@@ -209,6 +210,7 @@ class MvsConfig:
     keyframe_pose_distance: float
     optimal_t_measure: float
     tracking_lost_frames: int
+    temporal_fusion: bool
     confidence_threshold: float
     publish_depth_mm: bool
     publish_points: bool

@@ -1,0 +1,202 @@
+"""Temporal depth fusion (core/fusion.py) on synthetic sequences with exact depth."""
+import cv2
+import numpy as np
+import pytest
+
+from mvs_depth_ros.core.frame import DepthResult, Frame
+from mvs_depth_ros.core.fusion import FusionConfig, KeyframeDepth, TemporalFusion, fuse_offline, splat_depth
+from mvs_depth_ros.core.keyframes import KeyframeConfig, KeyframeStatus
+from mvs_depth_ros.core.pipeline import PipelineConfig, VideoPipeline
+from mvs_depth_ros.data.synthetic import render_sequence
+from mvs_depth_ros.models.base import DepthEstimator
+
+W, H = 96, 72
+
+
+@pytest.fixture(scope="module")
+def seq():
+    return render_sequence(n_frames=24, width=W, height=H, seed=3, step=0.05, supersample=1)
+
+
+def _kf(depth, frame, conf=None):
+    return KeyframeDepth(np.asarray(depth, np.float32), np.ones_like(depth, np.float32) if conf is None else conf,
+                         frame.K, frame.T_world_cam)
+
+
+def _noisy(gt, rng, sigma, outliers):
+    """``gt`` with multiplicative log-normal noise and a fraction of gross outliers (uniform 0.5-8 m)."""
+    d = gt * np.exp(rng.normal(0.0, sigma, gt.shape)).astype(np.float32)
+    bad = rng.random(gt.shape) < outliers
+    d[bad] = rng.uniform(0.5, 8.0, int(bad.sum()))
+    return d.astype(np.float32)
+
+
+def test_plane_translation_reprojects_exactly():
+    """A fronto-parallel plane seen after a sideways move of exactly 4 px of disparity: every splatted depth
+    is the plane's and lands 4 px over."""
+    K = np.array([[100.0, 0, 40], [0, 100.0, 30], [0, 0, 1]])
+    z, shift_px = 2.5, 4
+    T_src, T_tgt = np.eye(4), np.eye(4)
+    T_tgt[0, 3] = shift_px * z / K[0, 0]               # target camera moved +x: the plane moves -4 px
+    depth = np.full((60, 80), z, np.float32)
+    conf = np.random.default_rng(0).random((60, 80)).astype(np.float32)
+    d, c = splat_depth([KeyframeDepth(depth, conf, K, T_src)], K, T_tgt, 60, 80)
+    landed = np.isfinite(d[0])
+    assert landed[:, :80 - shift_px].all() and not landed[:, 80 - shift_px:].any()
+    np.testing.assert_allclose(d[0][landed], z, rtol=1e-5)
+    np.testing.assert_array_equal(c[0][:, :80 - shift_px], conf[:, shift_px:])   # confidence travels along
+
+
+def test_reprojection_of_known_depth_is_exact_where_visible(seq):
+    src, tgt = seq.frames[2], seq.frames[8]
+    d, _ = splat_depth([_kf(src.depth_gt, src)], tgt.K, tgt.T_world_cam, H, W)
+    d, gt = d[0], tgt.depth_gt
+    landed = np.isfinite(d)
+    assert landed.mean() > 0.6
+    # nearest-pixel rounding moves a point by <= half a pixel: the splatted depth lies within the true depth
+    # of the pixel's 3x3 neighbourhood wherever the surface there is visible from the source
+    box = np.ones((3, 3), np.uint8)
+    lo, hi = cv2.erode(gt, box), cv2.dilate(gt, box)        # 3x3 min / max
+    inside = (d >= lo * (1 - 1e-4)) & (d <= hi * (1 + 1e-4))
+    assert inside[landed].mean() > 0.98
+    # away from depth edges (3x3 range < 5 %) the surface is ~planar: depth changes by (hi - lo) / 2 per pixel
+    # and the half-pixel rounding errs by at most a quarter of the 3x3 range (+ float and curvature margin)
+    smooth = landed & (hi - lo < 0.05 * gt)
+    assert smooth.sum() > 0.5 * H * W
+    err = np.abs(d - gt)
+    assert (err <= 0.3 * (hi - lo) + 1e-4 * gt)[smooth].mean() > 0.97
+    assert np.median(err[smooth] / gt[smooth]) < 2e-3
+
+
+def test_occluded_points_never_overwrite_nearer_ones():
+    """A near square in front of a far wall: after a sideways move the square covers wall pixels that the
+    source saw beside it; both land on the same target pixels and the z-buffer keeps the square."""
+    K = np.array([[80.0, 0, 40], [0, 80.0, 30], [0, 0, 1]])
+    depth = np.full((60, 80), 6.0, np.float32)
+    depth[20:40, 30:50] = 1.0
+    T_tgt = np.eye(4)
+    T_tgt[0, 3] = -0.1          # moved left: the near square shifts right by 8 px, the wall by 1.3 px
+    near_only = np.where(depth < 2, depth, np.nan).astype(np.float32)
+    far_only = np.where(depth > 2, depth, np.nan).astype(np.float32)
+    ones = np.ones_like(depth)
+    d_near, _ = splat_depth([KeyframeDepth(near_only, ones, K, np.eye(4))], K, T_tgt, 60, 80)
+    d_far, _ = splat_depth([KeyframeDepth(far_only, ones, K, np.eye(4))], K, T_tgt, 60, 80)
+    collide = np.isfinite(d_near[0]) & np.isfinite(d_far[0])
+    assert collide.sum() >= 20 * 5                     # wall points really land under the square
+    d, _ = splat_depth([KeyframeDepth(depth, ones, K, np.eye(4))], K, T_tgt, 60, 80)
+    np.testing.assert_allclose(d[0][collide], 1.0, rtol=1e-5)
+    np.testing.assert_allclose(d[0][np.isfinite(d_far[0]) & ~np.isfinite(d_near[0])], 6.0, rtol=1e-5)
+    # and across sources: the far wall re-projected after the square never replaces it either
+    d2, _ = splat_depth([KeyframeDepth(near_only, ones, K, np.eye(4)), KeyframeDepth(far_only, ones, K, np.eye(4))],
+                        K, T_tgt, 60, 80)
+    np.testing.assert_allclose(d2[0][collide], 1.0, rtol=1e-5)
+
+
+def test_fusion_of_noisy_copies_lowers_the_error(seq):
+    rng = np.random.default_rng(1)
+    fusion = TemporalFusion(FusionConfig(window=8))
+    raw_err, fused_err, raw_bad, fused_bad, outs = [], [], [], [], []
+    for f in seq.frames[:12]:
+        noisy = _noisy(f.depth_gt, rng, sigma=0.03, outliers=0.1)
+        out = fusion.step(noisy, np.full_like(noisy, 0.5), f.K, f.T_world_cam)
+        outs.append(out)
+        gt = f.depth_gt
+        raw_err.append(np.abs(np.log(noisy / gt)))
+        fused_err.append(np.abs(np.log(out.depth / gt)))
+    assert [o.n_keyframes for o in outs] == [min(i, 8) for i in range(12)]
+    raw, fused = np.stack(raw_err[8:]), np.stack(fused_err[8:])
+    ok = np.isfinite(fused)
+    assert ok.mean() == 1.0                            # dense in, dense out
+    # gross outliers (10 % of the input) are rejected wherever the other keyframes see the surface
+    assert (raw > 0.3).mean() > 0.06 and (fused > 0.3).mean() < 0.01
+    # inliers are averaged: with ~6-9 agreeing candidates the log-depth noise shrinks well below 3 %
+    good = raw < 0.1
+    assert np.median(fused[good]) < 0.6 * np.median(raw[good])
+    # confidence keeps its meaning: where more keyframes agree the fused depth is better and more confident
+    conf = np.stack([o.confidence for o in outs[8:]])
+    hi = conf >= np.median(conf)
+    assert np.mean(fused[hi]) < np.mean(fused[~hi])
+
+
+def test_offline_fusion_uses_later_keyframes(seq):
+    rng = np.random.default_rng(2)
+    kfs = [_kf(_noisy(f.depth_gt, rng, 0.03, 0.1), f, np.full((H, W), 0.5, np.float32)) for f in seq.frames[:9]]
+    outs = fuse_offline(kfs, FusionConfig(mode="offline", window=3))
+    assert [o.n_keyframes for o in outs] == [3, 4, 5, 6, 6, 6, 5, 4, 3]
+    gt = seq.frames[0].depth_gt
+    assert np.mean(np.abs(np.log(outs[0].depth / gt))) < 0.5 * np.mean(np.abs(np.log(kfs[0].depth / gt)))
+
+
+def test_state_resets_on_size_change_and_reset(seq):
+    f = seq.frames[0]
+    fusion = TemporalFusion(FusionConfig(window=4))
+    fusion.step(f.depth_gt, np.ones((H, W), np.float32), f.K, f.T_world_cam)
+    assert len(fusion) == 1
+    small = f.resized(W // 2, H // 2)
+    out = fusion.step(small.depth_gt, np.ones((H // 2, W // 2), np.float32), small.K, small.T_world_cam)
+    assert out.n_keyframes == 0 and len(fusion) == 1
+    fusion.reset()
+    assert len(fusion) == 0
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError, match="mode"):
+        FusionConfig(mode="sometimes")
+    with pytest.raises(ValueError, match="window"):
+        FusionConfig(window=0)
+
+
+class NoisyOracle(DepthEstimator):
+    """The reference frame's exact depth with noise and outliers: a stand-in for an MVS network whose errors
+    are independent from keyframe to keyframe."""
+    name = "noisy-oracle"
+
+    def __init__(self):
+        super().__init__(device="cpu")
+        self.rng = np.random.default_rng(4)
+
+    def estimate(self, reference, measurements, state=None):
+        d = _noisy(reference.depth_gt, self.rng, 0.03, 0.1)
+        return DepthResult(d, np.full_like(d, 0.5), reference.K, state)
+
+
+def _run(seq, mode):
+    pipe = VideoPipeline(NoisyOracle(), PipelineConfig(width=W, height=H, fusion=FusionConfig(mode=mode, window=6)))
+    return pipe, [pipe.process(f) for f in seq.frames]
+
+
+def test_pipeline_fuses_and_counts(seq):
+    pipe, steps = _run(seq, "causal")
+    fused = [s for s in steps if s.result is not None]
+    assert len(fused) >= 8 and pipe.counters.fused == pipe.counters.predictions - 1
+    assert not fused[0].result.fused and fused[0].result.fusion_keyframes == 0
+    assert all(s.result.fused and s.result.fusion_keyframes == min(i, 6) for i, s in enumerate(fused) if i)
+    assert all(0 <= s.fusion_ms <= s.compute_ms for s in fused)
+
+    def err(d, f):
+        return np.mean(np.abs(np.log(d / f.depth_gt)))
+    raw = np.mean([err(s.result.info["unfused_depth"], s.frame) for s in fused[4:]])
+    assert np.mean([err(s.result.depth, s.frame) for s in fused[4:]]) < 0.5 * raw
+
+    assert len(pipe.fusion) > 0
+    pipe.reset()                       # what the node does on a time jump (bag loop) or a pose-source gap
+    assert len(pipe.fusion) == 0
+
+    pipe_off, steps_off = _run(seq, "off")
+    assert pipe_off.counters.fused == 0
+    assert all(not s.result.fused and "unfused_depth" not in s.result.info for s in steps_off if s.result)
+
+
+def test_tracking_loss_resets_the_fusion_state(seq):
+    pipe = VideoPipeline(NoisyOracle(), PipelineConfig(width=W, height=H, fusion=FusionConfig(window=6),
+                                                       keyframes=KeyframeConfig(tracking_lost_frames=1)))
+    steps = []
+    for i, f in enumerate(seq.frames):
+        steps.append(pipe.process(Frame(f.image, f.K, None, f.stamp, name=f.name) if i in (10, 11) else f))
+    lost = [i for i, s in enumerate(steps) if s.status == KeyframeStatus.TRACKING_LOST]
+    assert lost == [11] and steps[11].reset
+    after = [s for s in steps[12:] if s.result is not None]
+    assert after, "no prediction after the reset"
+    # the first prediction after the reset has nothing to fuse with: the state went with the tracking
+    assert after[0].result.fusion_keyframes == 0 and not after[0].result.fused
+    assert pipe.counters.fused == pipe.counters.predictions - 2
