@@ -277,11 +277,9 @@ def test_runner_eval_bag_end_to_end(tmp_path):
     # offline from the same bag, with its own online keyframe selection: eval-bag processes every frame in
     # order (frame_queue), so the ROS graph picks the same keyframes and its numbers are the offline numbers
     offline = tmp_path / "offline"
-    # TODO(lead, fusion branch): mvs_node does not apply temporal_fusion yet; once it does (default true, like the
-    # CLI's causal default), drop "--temporal-fusion off" so both sides fuse
+    # both sides fuse causally (the node's temporal_fusion and the CLI's default)
     assert cli_main(["run", "--bag", str(bag), "--width", "160", "--height", "128", "--device", "cpu",
-                     "--model-option", "n_planes=16", "--pictures", "0", "--temporal-fusion", "off",
-                     "--out", str(offline)]) == 0
+                     "--model-option", "n_planes=16", "--pictures", "0", "--out", str(offline)]) == 0
     ref = json.loads((offline / "metrics.json").read_text())
     assert (out / "keyframes.txt").read_text() == (offline / "keyframes.txt").read_text()
     assert ref["summary"]["keyframes"] == metrics["summary"]["keyframes"] == ev["evaluated"]

@@ -181,6 +181,10 @@ def test_depth_points_and_estimate_from_tf(tf_node, seq):
         ms = [C.stamp_to_ns(s) for s in e.measurement_stamps]
         assert 1 <= len(ms) <= 2 and all(s in by_stamp and s < C.stamp_to_ns(e.header.stamp) for s in ms)
         assert (e.depth.width, e.depth.height) == (W, H) and len(e.measurement_ids) == len(ms)
+        # temporal fusion (on by default): a later keyframe's published depth fuses earlier keyframes' depth
+        # re-projected into it (and still matches the ground truth, checked above for every depth message)
+        assert all(x.fused == (x.fusion_keyframes > 0) for _, x in est)
+        assert e.fused and 1 <= e.fusion_keyframes < len(depth), (e.fused, e.fusion_keyframes, len(depth))
 
     # --- bad input on the running node; each must be counted and the node must keep going
     n_pred = int(_diag(probe, diag)["predictions"])

@@ -38,6 +38,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from ..core.frame import Frame, scale_intrinsics
+from ..core.fusion import FusionConfig
 from ..core.keyframes import KeyframeConfig
 from ..core.pipeline import PipelineConfig, VideoPipeline
 from ..models.registry import NEEDS_CHECKPOINT, create_model
@@ -86,7 +87,9 @@ class MvsNode(DepthNodeBase):
         self.model_name = getattr(self.estimator, "name", cfg.model)
         kf = KeyframeConfig(buffer_size=cfg.keyframe_buffer_size, keyframe_pose_distance=cfg.keyframe_pose_distance,
                             optimal_t_measure=cfg.optimal_t_measure, tracking_lost_frames=cfg.tracking_lost_frames)
-        self.pipeline = VideoPipeline(self.estimator, PipelineConfig(cfg.width, cfg.height, cfg.n_measurement_frames, kf))
+        fusion = FusionConfig(mode="causal" if cfg.temporal_fusion else "off")  # a robot has only the past
+        self.pipeline = VideoPipeline(self.estimator, PipelineConfig(cfg.width, cfg.height, cfg.n_measurement_frames,
+                                                                     kf, fusion))
         self._last_pose_stamp: Optional[int] = None
 
         # I/O ------------------------------------------------------------------------------------------
@@ -269,6 +272,8 @@ class MvsNode(DepthNodeBase):
                 est.confidence_threshold = recommended_threshold(res)
             est.measurement_stamps = [C.ns_to_stamp(m.stamp) for m in step.measurements]
             est.measurement_ids = [int(m.uid) for m in step.measurements]
+            if hasattr(est, "fused"):  # interfaces built before temporal fusion lack these fields
+                est.fused, est.fusion_keyframes = bool(res.fused), int(res.fusion_keyframes)
             self.pub_estimate.publish(est)
 
     def _reset_all(self) -> None:
