@@ -35,6 +35,8 @@ ARGUMENTS = {
     "approximate_sync": ("false", "pair left/right by nearest stamp (cameras without hardware sync)"),
     "bag": ("", "play this stereo rosbag2 (from `mvs-depth stereo-bag convert`) with player_node"),
     "rate": ("1.0", "bag playback speed factor"),
+    "wait_for": ("", "with bag:=, comma-separated topics that must also have a subscriber before playback starts "
+                     "(a recorder's, a viewer's: outputs published before they connect are not received)"),
     "use_sim_time": ("false", "use /clock (forced on with bag:=)"),
     "params_file": ("", "parameter YAML ('' = the package's config/stereo.yaml)"),
 }
@@ -42,6 +44,10 @@ ARGUMENTS = {
 
 def _bool(s: str) -> bool:
     return s.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _topics(s: str) -> list:
+    return [t.strip() for t in s.split(",") if t.strip()]
 
 
 def _nodes(context, *args, **kwargs):
@@ -53,8 +59,8 @@ def _nodes(context, *args, **kwargs):
     overrides = {"model": get("model"), "checkpoint": get("checkpoint"), "device": get("device"),
                  "temporal": _bool(get("temporal")), "world_frame": get("world_frame"),
                  "approximate_sync": _bool(get("approximate_sync")), "use_sim_time": sim}
-    if bag:  # the player publishes reliable: no loss on a loaded machine
-        overrides["qos_reliability"] = "reliable"
+    if bag:  # a played bag must not lose pairs (as `mvs-depth launch stereo`): reliable, every pair in order
+        overrides.update(qos_reliability="reliable", frame_queue=1000, qos_depth=100, queue_size=100)
     remaps = [("left/image_rect", get("left_image")), ("right/image_rect", get("right_image")),
               ("left/camera_info", get("left_info")), ("right/camera_info", get("right_info"))]
     nodes = [Node(package="mvs_depth_ros", executable="stereo_node", name="stereo_node", namespace=get("namespace"),
@@ -63,7 +69,7 @@ def _nodes(context, *args, **kwargs):
         nodes.append(Node(package="mvs_depth_ros", executable="player_node", name="player", output="screen",
                           parameters=[os.path.join(share, "config", "player.yaml"),
                                       {"bag": bag, "rate": float(get("rate")),
-                                       "wait_for_topics": [get("left_image"), get("right_image")],
+                                       "wait_for_topics": [get("left_image"), get("right_image")] + _topics(get("wait_for")),
                                        "wait_timeout": 60.0}]))
     return nodes
 

@@ -402,15 +402,15 @@ def test_stereo_launch_on_a_stereo_bag(colcon_ws, tmp_path):
 
     def generate_test_description():
         launch = _process(colcon_ws, "ros2_launch_stereo", "ros2 launch mvs_depth_ros stereo.launch.py " + _args(
-            bag=tmp_path / "stereo_bag", rate=0.5, device="cpu"), tmp_path)
+            bag=tmp_path / "stereo_bag", rate=0.5, device="cpu", wait_for="/stereo/disparity,/stereo/depth"), tmp_path)
         return LaunchDescription([launch, launch_testing.actions.ReadyToTest()]), {"launch": launch}
 
     class StereoOutputs(unittest.TestCase):
         def test_outputs(self, launch):
-            _wait(lambda: len(disparity) >= 5, 120)  # the first pairs may come before this probe is matched
+            _wait(lambda: len(disparity) >= 10, 120)  # wait_for: the bag plays once this probe is matched
             _wait_quiet(disparity, quiet=5.0, timeout=60)
             log = _output(launch)
-            assert len(disparity) >= 5 and len(depth) >= 5, (len(disparity), len(depth), log[-4000:])
+            assert len(disparity) == 10 and len(depth) == 10, (len(disparity), len(depth), log[-4000:])
             left = StereoBagFrames().left
             errs, rels = [], []
             for (_, dm), (_, im) in zip(disparity, depth):
