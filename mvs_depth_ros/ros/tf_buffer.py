@@ -493,20 +493,27 @@ class TfBackendUnavailable(RuntimeError):
 
 def make_tf_lookup(node, backend: str = "auto", cache_time_s: float = 10.0, max_gap_s: float = 0.5,
                    on_error=None, callback_group=None, max_future_s: float = 5.0) -> Tuple[object, str]:
-    """``(lookup object, backend name)``. ``backend``: ``auto`` (tf2_ros when importable), ``tf2_ros``
-    or ``builtin``. The gap tolerance and the future bound apply to the builtin buffer (tf2_ros interpolates
-    any gap). Raises :class:`TfBackendUnavailable` when the requested backend is not installed."""
+    """``(lookup object, backend name)``. ``backend``: ``auto`` (the builtin buffer when ``tf2_msgs`` is
+    importable, else tf2_ros), ``tf2_ros`` or ``builtin``. ``auto`` prefers the builtin buffer even where tf2_ros
+    is installed: it is the one no single /tf message can poison (future stamps, reversed or re-parented edges;
+    see :class:`TfBuffer`), which tf2's buffer is not. The gap tolerance and the future bound apply to the builtin
+    buffer (tf2_ros interpolates any gap). Raises :class:`TfBackendUnavailable` when the requested backend is not
+    installed."""
     if backend not in ("auto", "tf2_ros", "builtin"):
         raise ValueError(f"tf backend must be auto, tf2_ros or builtin, got {backend!r}")
-    if backend in ("auto", "tf2_ros"):
+    builtin_error = None
+    if backend in ("auto", "builtin"):
         try:
-            return Tf2RosLookup(node, cache_time_s), "tf2_ros"
-        except ImportError as exc:
-            if backend == "tf2_ros":
-                raise TfBackendUnavailable(
-                    f"tf_backend tf2_ros is not installed ({exc}); use tf_backend:=builtin or auto, or install "
-                    f"ROS 2 tf2_ros") from exc
+            return BuiltinLookup(node, cache_time_s, max_gap_s, on_error, callback_group, max_future_s), "builtin"
+        except RuntimeError as exc:
+            if backend == "builtin":
+                raise TfBackendUnavailable(str(exc)) from exc
+            builtin_error = exc
     try:
-        return BuiltinLookup(node, cache_time_s, max_gap_s, on_error, callback_group, max_future_s), "builtin"
-    except RuntimeError as exc:
-        raise TfBackendUnavailable(str(exc)) from exc
+        return Tf2RosLookup(node, cache_time_s), "tf2_ros"
+    except ImportError as exc:
+        if backend == "tf2_ros":
+            raise TfBackendUnavailable(
+                f"tf_backend tf2_ros is not installed ({exc}); use tf_backend:=builtin or auto, or install "
+                f"ROS 2 tf2_ros") from exc
+        raise TfBackendUnavailable(f"{builtin_error}; and tf2_ros is not installed ({exc})") from exc
