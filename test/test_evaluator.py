@@ -176,14 +176,15 @@ def test_node_over_dds_matches_offline(tmp_path, frames, ros_context):
 
 def test_config_files_hold_declared_valid_parameters(ros_context):
     """config/evaluator.yaml and every dataset file: names the node declares, values it accepts."""
-    import yaml
+    from mvs_depth_ros.ros import runner
 
     from mvs_depth_ros.data.paths import REPO_ROOT
     from mvs_depth_ros.ros.evaluator_node import EvaluatorNode
     files = [REPO_ROOT / "config" / "evaluator.yaml", *sorted((REPO_ROOT / "config" / "datasets").glob("*.yaml"))]
     assert len(files) >= 4
     for f in files:
-        params = (yaml.safe_load(f.read_text()).get("evaluator") or {}).get("ros__parameters") or {}
+        params = runner.yaml_parameters(f, "evaluator")   # the node name of eval_bag.launch.py
+        assert params, f"{f}: no section selects /evaluator"
         params = {**params, "prediction_type": "image"}   # DepthEstimate may not be generated here
         node = EvaluatorNode(context=ros_context, **params)
         try:

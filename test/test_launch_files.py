@@ -68,8 +68,7 @@ def test_runner_reads_the_launch_files_arguments():
 
 def test_mvs_yaml_matches_the_declared_parameters():
     from mvs_depth_ros.ros.params import MVS_SPECS, MvsConfig
-    data = yaml.safe_load((REPO_ROOT / "config" / "mvs.yaml").read_text())
-    values = data["mvs_node"]["ros__parameters"]
+    values = runner.yaml_parameters(REPO_ROOT / "config" / "mvs.yaml", "mvs_node", "mvs")  # as launched
     assert set(values) == set(MVS_SPECS), "config/mvs.yaml and the node's parameters must list the same names"
     for k, v in values.items():
         spec = MVS_SPECS[k]
@@ -84,15 +83,22 @@ def test_yaml_sections_and_cli_parsing(tmp_path):
     f.write_text(textwrap.dedent("""
         /**:
           ros__parameters: {use_sim_time: true, width: 100}
-        mvs_node:
+        /**/mvs_node:
           ros__parameters: {width: 200, nested: {a: 1}}
         /mvs/mvs_node:
           ros__parameters: {height: 64}
-        other:
+        mvs_node:
+          ros__parameters: {width: 7}
+        /*/mvs_*:
+          ros__parameters: {min_depth: 0.5}
+        /other/**:
           ros__parameters: {width: 5}
     """))
+    # rcl's rules: a bare `mvs_node` is /mvs_node (not /mvs/mvs_node); * one token, ** any; file order
     p = runner.yaml_parameters(f, "mvs_node", "mvs")
-    assert p == {"use_sim_time": True, "width": 200, "nested.a": 1, "height": 64}
+    assert p == {"use_sim_time": True, "width": 200, "nested.a": 1, "height": 64, "min_depth": 0.5}
+    assert runner.yaml_parameters(f, "mvs_node")["width"] == 7
+    assert runner.yaml_parameters(f, "mvs_node", "other/deep")["width"] == 5
     args, node_params, opts = runner.parse_cli(["image:=/cam/image", "--device", "cpu", "mvs_node.width:=160",
                                                 "mvs_node.min_depth:=0.5", "--duration=3", "camera_frame:="])
     assert args == {"image": "/cam/image", "device": "cpu", "camera_frame": ""}
@@ -122,7 +128,7 @@ def test_plan_applies_yaml_then_arguments(tmp_path):
     with pytest.raises(runner.LaunchError, match="bag:=PATH"):
         runner.plan("eval-bag", {})
     custom = tmp_path / "mine.yaml"
-    custom.write_text("mvs_node:\n  ros__parameters: {width: 96, height: 80}\n")
+    custom.write_text("/**/mvs_node:\n  ros__parameters: {width: 96, height: 80}\n")
     p = runner.plan("fusion", {"params_file": str(custom)})[0].parameters()
     assert (p["width"], p["height"]) == (96, 80)
 

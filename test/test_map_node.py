@@ -283,11 +283,11 @@ def wait_future(fut, timeout=20.0):
 
 
 def test_map_yaml_matches_declared_parameters_and_validation():
-    import yaml
+    from mvs_depth_ros.ros import runner
     from mvs_depth_ros.ros.map_node import MAP_SPECS, MapConfig
     from mvs_depth_ros.ros.params import ParameterError
     from ros_helpers import REPO_ROOT
-    y = yaml.safe_load((REPO_ROOT / "config" / "map.yaml").read_text())["map_node"]["ros__parameters"]
+    y = runner.yaml_parameters(REPO_ROOT / "config" / "map.yaml", "map_node", "mvs")  # as launched
     assert set(y) == set(MAP_SPECS) - {"command"}
     for k, v in y.items():
         assert v == MAP_SPECS[k].default, (k, v)

@@ -155,12 +155,13 @@ def test_player_node_process_plays_and_exits(bag):
 
 
 def test_config_files_hold_declared_valid_parameters(ctx, bag):
-    import yaml
+    from mvs_depth_ros.ros import runner
 
     from mvs_depth_ros.data.paths import REPO_ROOT
     files = [REPO_ROOT / "config" / "player.yaml", *sorted((REPO_ROOT / "config" / "datasets").glob("*.yaml"))]
     for f in files:
-        params = (yaml.safe_load(f.read_text()).get("player") or {}).get("ros__parameters") or {}
+        params = runner.yaml_parameters(f, "player")   # the node name of eval_bag.launch.py
+        assert params, f"{f}: no section selects /player"
         params = {**params, "bag": str(bag[0]), "autostart": False}
         node = PlayerNode(context=ctx, **params)
         try:

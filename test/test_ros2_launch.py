@@ -450,6 +450,13 @@ def test_ros2_run_param_set_and_topic_echo(colcon_ws, rgbd_bag, tmp_path):
     node_cmd = _ros2_run("mvs_node", {"__ns": "/mvs", "image": RGBD_TOPICS.image, "camera_info": RGBD_TOPICS.camera_info},
                          model="planesweep", device="cpu", width=W, height=H, n_planes=16, frame_queue=50,
                          tf_timeout=2.0, use_sim_time="true", qos_reliability="reliable")
+    # the installed config/mvs.yaml (its `/**/mvs_node` section selects the namespaced node, as rcl reads it),
+    # one value changed: `ros2 param get` must show it
+    yaml_text = (colcon_ws.share / "config" / "mvs.yaml").read_text()
+    assert yaml_text.count("confidence_threshold: 0.0 ") == 1
+    params_file = tmp_path / "mvs.yaml"
+    params_file.write_text(yaml_text.replace("confidence_threshold: 0.0 ", "confidence_threshold: 0.25 "))
+    node_cmd = node_cmd.replace(" --ros-args ", f" --ros-args --params-file {shlex.quote(str(params_file))} ", 1)
     player_cmd = _player_cmd(bag, [RGBD_TOPICS.image], rate=0.5)
     probe = Probe("ros2cli_probe")
     depth, conf = probe.subscribe(Image, "/mvs/depth"), probe.subscribe(Image, "/mvs/confidence")
@@ -458,6 +465,7 @@ def test_ros2_run_param_set_and_topic_echo(colcon_ws, rgbd_bag, tmp_path):
     try:
         assert _wait(lambda: "/mvs/mvs_node" in colcon_ws.run("ros2 node list", check=False).stdout, 90, step=2.0), \
             (tmp_path / "node.log").read_text()[-3000:]
+        assert "0.25" in colcon_ws.run("ros2 param get /mvs/mvs_node confidence_threshold").stdout
         res = colcon_ws.run("ros2 param set /mvs/mvs_node confidence_threshold 0.5")
         assert "Set parameter successful" in res.stdout, res.stdout
         assert "0.5" in colcon_ws.run("ros2 param get /mvs/mvs_node confidence_threshold").stdout

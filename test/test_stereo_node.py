@@ -335,12 +335,10 @@ def test_pair_synchronizer_policies():
 def test_config_and_launch_files_match_the_node():
     from pathlib import Path
 
-    import yaml
-
     from mvs_depth_ros.ros import runner
     from mvs_depth_ros.ros.stereo_node import STEREO_SPECS, StereoConfig
     root = Path(__file__).resolve().parents[1]
-    params = yaml.safe_load((root / "config" / "stereo.yaml").read_text())["stereo_node"]["ros__parameters"]
+    params = runner.yaml_parameters(root / "config" / "stereo.yaml", "stereo_node", "stereo")  # as launched
     assert set(params) == set(STEREO_SPECS), set(params) ^ set(STEREO_SPECS)
     for k, v in params.items():   # the YAML holds the declared defaults, with the declared types
         assert v == STEREO_SPECS[k].default and type(v) is type(STEREO_SPECS[k].default), k

@@ -20,6 +20,7 @@ import ast
 import importlib
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -86,20 +87,30 @@ def _flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return out
 
 
+def _node_key_matches(key: str, fqn: str) -> bool:
+    """Whether a parameter file's node key selects the node ``fqn`` (``/ns/name``), as rcl decides: a key
+    without a leading ``/`` is absolute, ``*`` stands for one name token (or part of one), ``**`` for any
+    number of tokens (``/**`` = every node, ``/**/mvs_node`` = ``mvs_node`` in any namespace)."""
+    tokens = [t for t in ("/" + key.lstrip("/")).split("/")[1:]]
+    pattern = ""
+    for t in tokens:
+        pattern += "(/[^/]+)*" if t == "**" else "/" + "[^/]*".join(re.escape(part) for part in t.split("*"))
+    return re.fullmatch(pattern, fqn) is not None
+
+
 def yaml_parameters(path: Path, node_name: str, namespace: str = "") -> Dict[str, Any]:
-    """The ``ros__parameters`` of one node in a ROS 2 parameter file (``/**`` sections first, then the
-    node's own: ``name``, ``/name``, ``ns/name``, ``/ns/name``)."""
+    """The ``ros__parameters`` of one node in a ROS 2 parameter file: every section whose key selects the
+    node's fully qualified name (:func:`_node_key_matches`, rcl's rules), applied in file order. A bare
+    ``mvs_node:`` key means ``/mvs_node`` (as in ``ros2 launch``), so the package's files use ``/**/mvs_node:``."""
     data = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(data, dict):
         raise LaunchError(f"{path}: not a ROS 2 parameter file (top level must be a mapping)")
     ns = namespace.strip("/")
-    keys = ["/**", "**", node_name, "/" + node_name]
-    if ns:
-        keys += [f"{ns}/{node_name}", f"/{ns}/{node_name}"]
+    fqn = f"/{ns}/{node_name}" if ns else f"/{node_name}"
     out: Dict[str, Any] = {}
-    for k in keys:
-        sec = data.get(k)
-        if isinstance(sec, dict) and isinstance(sec.get("ros__parameters"), dict):
+    for k, sec in data.items():
+        if (isinstance(k, str) and isinstance(sec, dict) and isinstance(sec.get("ros__parameters"), dict)
+                and _node_key_matches(k, fqn)):
             out.update(_flatten(sec["ros__parameters"]))
     return out
 
