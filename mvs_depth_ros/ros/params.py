@@ -135,7 +135,79 @@ COMMON_SPECS: Dict[str, Spec] = {
                               "RSS at the live working set in long runs; 0 = never)", 0.0, 3600.0),
     "end_timeout": Spec(30.0, "after the end of the bag, seconds without a new image before the missing ones count "
                               "as lost", 0.1, 3600.0),
+    # outputs (live-tunable)
+    "publish_points": Spec(True, "publish the points PointCloud2", read_only=False),
+    "points_dense": Spec(False, "points: drop invalid points (true) or keep the image grid with NaN (false)",
+                         read_only=False),
+    "points_stride": Spec(1, "points: keep every n-th pixel in both directions", 1, 64, read_only=False),
+    "points_max_range": Spec(0.0, "points: drop points farther than this, metres (0 = no limit)", 0.0, 1e4,
+                             read_only=False),
+    "points_confidence": Spec(True, "points: add a confidence field", read_only=False),
+    # transforms
+    "tf_backend": Spec("auto", "tf implementation", choices=("auto", "tf2_ros", "builtin")),
+    "tf_cache_time": Spec(10.0, "seconds of transforms kept", 0.1, 3600.0),
+    "tf_max_gap": Spec(0.5, "largest time between two transforms to interpolate across, seconds", 1e-3, 3600.0),
+    "time_jump_reset": Spec(1.0, "a stamp this far behind the last (s) resets everything (bag loop); smaller "
+                                 "backward steps drop the input", 0.0, 3600.0),
+    # QoS
+    "qos_reliability": Spec("best_effort", "input subscriptions (REP 2003 sensor data)",
+                            choices=("best_effort", "reliable")),
+    "qos_depth": Spec(5, "input queue depth", 1, 1000),
+    "output_qos_reliability": Spec("reliable", "output publishers", choices=("best_effort", "reliable")),
+    "output_qos_depth": Spec(5, "output queue depth", 1, 1000),
+    # diagnostics / logs
+    "diagnostics_period": Spec(1.0, "seconds between /diagnostics messages", 0.05, 60.0),
+    "warn_period": Spec(5.0, "the same warning is logged at most once per this many seconds", 0.0, 3600.0),
 }
+
+
+@dataclass(frozen=True)
+class DepthNodeConfig:
+    """The validated parameters every depth node has: its own table's ``model``, ``checkpoint``, ``device``,
+    ``confidence_threshold``, ``camera_frame``, ``world_frame`` and :data:`COMMON_SPECS`. The nodes' configs
+    (:class:`MvsConfig`, ``stereo_node.StereoConfig``) add their own fields."""
+    model: str
+    checkpoint: str
+    device: str
+    confidence_threshold: float
+    camera_frame: str
+    world_frame: str
+    approximate_sync: bool
+    approximate_sync_tolerance_seconds: float
+    queue_size: int
+    tf_timeout: float
+    frame_queue: int
+    sync_backend: str
+    end_of_bag_topic: str
+    tf_max_future: float
+    diagnostics_window: float
+    trim_period: float
+    end_timeout: float
+    publish_points: bool
+    points_dense: bool
+    points_stride: int
+    points_max_range: float
+    points_confidence: bool
+    tf_backend: str
+    tf_cache_time: float
+    tf_max_gap: float
+    time_jump_reset: float
+    qos_reliability: str
+    qos_depth: int
+    output_qos_reliability: str
+    output_qos_depth: int
+    diagnostics_period: float
+    warn_period: float
+
+    def __post_init__(self) -> None:
+        if self.checkpoint:
+            import os
+            if not os.path.isfile(self.checkpoint):
+                raise ParameterError(f"parameter checkpoint={self.checkpoint!r}: no such file")
+
+    @classmethod
+    def from_values(cls, values: Dict[str, Any]):
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
 
 
 
@@ -159,47 +231,23 @@ MVS_SPECS: Dict[str, Spec] = {
     "optimal_t_measure": Spec(0.15, "preferred measurement-frame baseline, metres", 0.0, 100.0),
     "tracking_lost_frames": Spec(30, "frames without a pose before the keyframes and state are reset", 0, 100000),
     "temporal_fusion": Spec(True, "fuse each keyframe's depth with the previous keyframes' re-projected into it"),
-    # live-tunable outputs
+    # outputs
     "confidence_threshold": Spec(0.0, "depth below this confidence is published as NaN (0 = keep all)", 0.0, 1.0,
                                  read_only=False),
     "publish_depth_mm": Spec(False, "also publish depth_mm (16UC1 millimetres, 0 invalid)"),
-    "publish_points": Spec(True, "publish the points PointCloud2", read_only=False),
-    "points_dense": Spec(False, "points: drop invalid points (true) or keep the image grid with NaN (false)",
-                         read_only=False),
-    "points_stride": Spec(1, "points: keep every n-th pixel in both directions", 1, 64, read_only=False),
-    "points_max_range": Spec(0.0, "points: drop points farther than this, metres (0 = no limit)", 0.0, 1e4,
-                             read_only=False),
-    "points_confidence": Spec(True, "points: add a confidence field", read_only=False),
     # poses
     "pose_source": Spec("tf", "where camera poses come from", choices=("tf", "pose", "odometry")),
     "world_frame": Spec("odom", "continuous world frame of the poses (REP 105)"),
     "camera_frame": Spec("", "camera optical frame ('' = the image header's frame_id)"),
-    "tf_backend": Spec("auto", "tf implementation", choices=("auto", "tf2_ros", "builtin")),
-    "tf_cache_time": Spec(10.0, "seconds of transforms kept", 0.1, 3600.0),
-    "tf_max_gap": Spec(0.5, "largest time between two transforms to interpolate across, seconds", 1e-3, 3600.0),
     "pose_tolerance": Spec(0.02, "pose topic: largest |pose stamp - image stamp|, seconds", 0.0, 10.0),
     "reset_after_pose_gap": Spec(1.0, "reset keyframes + state when no pose for this long, seconds (0 = never)",
                                  0.0, 3600.0),
-    "time_jump_reset": Spec(1.0, "a stamp this far behind the last (s) resets everything (bag loop); smaller "
-                                 "backward steps drop the frame", 0.0, 3600.0),
-    # QoS
-    "qos_reliability": Spec("best_effort", "input subscriptions (REP 2003 sensor data)",
-                            choices=("best_effort", "reliable")),
-    "qos_depth": Spec(5, "input queue depth", 1, 1000),
-    "output_qos_reliability": Spec("reliable", "output publishers", choices=("best_effort", "reliable")),
-    "output_qos_depth": Spec(5, "output queue depth", 1, 1000),
-    # diagnostics / logs
-    "diagnostics_period": Spec(1.0, "seconds between /diagnostics messages", 0.05, 60.0),
-    "warn_period": Spec(5.0, "the same warning is logged at most once per this many seconds", 0.0, 3600.0),
     **COMMON_SPECS,
 }
 
 
 @dataclass(frozen=True)
-class MvsConfig:
-    model: str
-    checkpoint: str
-    device: str
+class MvsConfig(DepthNodeConfig):
     n_planes: int
     width: int
     height: int
@@ -211,39 +259,10 @@ class MvsConfig:
     optimal_t_measure: float
     tracking_lost_frames: int
     temporal_fusion: bool
-    confidence_threshold: float
     publish_depth_mm: bool
-    publish_points: bool
-    points_dense: bool
-    points_stride: int
-    points_max_range: float
-    points_confidence: bool
     pose_source: str
-    world_frame: str
-    camera_frame: str
-    tf_backend: str
-    tf_timeout: float
-    tf_cache_time: float
-    tf_max_gap: float
     pose_tolerance: float
     reset_after_pose_gap: float
-    time_jump_reset: float
-    qos_reliability: str
-    qos_depth: int
-    frame_queue: int
-    output_qos_reliability: str
-    output_qos_depth: int
-    diagnostics_period: float
-    warn_period: float
-    approximate_sync: bool
-    approximate_sync_tolerance_seconds: float
-    queue_size: int
-    sync_backend: str
-    end_of_bag_topic: str
-    end_timeout: float
-    tf_max_future: float
-    diagnostics_window: float
-    trim_period: float
 
     def __post_init__(self) -> None:
         from ..models.registry import available_models
@@ -253,11 +272,4 @@ class MvsConfig:
             raise ParameterError(f"parameters min_depth={self.min_depth} / max_depth={self.max_depth}: need min < max")
         if not self.world_frame:
             raise ParameterError("parameter world_frame must not be empty")
-        if self.checkpoint:
-            import os
-            if not os.path.isfile(self.checkpoint):
-                raise ParameterError(f"parameter checkpoint={self.checkpoint!r}: no such file")
-
-    @classmethod
-    def from_values(cls, values: Dict[str, Any]) -> "MvsConfig":
-        return cls(**{f.name: values[f.name] for f in fields(cls)})
+        super().__post_init__()

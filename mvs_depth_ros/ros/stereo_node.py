@@ -53,7 +53,7 @@ from ..models.stereo.temporal import TemporalConfig, TemporalStereo
 from . import conversions as C
 from .node_base import BaseCounters, DepthNodeBase, Pending
 from .node_main import spin_node
-from .params import COMMON_SPECS, ParameterError, Spec
+from .params import COMMON_SPECS, DepthNodeConfig, ParameterError, Spec
 from .qos import make_qos
 from .sync import PairSynchronizer, TopicSync  # noqa: F401 - PairSynchronizer: the pairing policy, re-exported
 
@@ -96,43 +96,18 @@ STEREO_SPECS: Dict[str, Spec] = {
                                         1e-6, 180.0),
     "max_gap": Spec(1.0, "reset the temporal state when pairs are further apart than this, s (0 = never)",
                     0.0, 3600.0),
-    "time_jump_reset": Spec(1.0, "a stamp this far behind the last (s) resets everything (bag loop); smaller "
-                                 "backward steps drop the pair", 0.0, 3600.0),
-    # synchronisation (stereo_image_proc names)
-    # live-tunable outputs
+    # outputs (live-tunable)
     "confidence_threshold": Spec(0.0, "disparity/depth/points below this confidence are invalid (0 = keep all)",
                                  0.0, 1.0, read_only=False),
-    "publish_points": Spec(True, "publish the points PointCloud2", read_only=False),
-    "points_dense": Spec(False, "points: drop invalid points (true) or keep the image grid with NaN (false)",
-                         read_only=False),
-    "points_stride": Spec(1, "points: keep every n-th pixel in both directions", 1, 64, read_only=False),
-    "points_max_range": Spec(0.0, "points: drop points farther than this, m (0 = no limit)", 0.0, 1e4,
-                             read_only=False),
-    "points_confidence": Spec(True, "points: add a confidence field", read_only=False),
     # frames / poses
     "camera_frame": Spec("", "left optical frame of the outputs ('' = the left image header's frame_id)"),
     "world_frame": Spec("", "continuous world frame for the temporal warp ('' = no poses; REP 105 odom)"),
-    "tf_backend": Spec("auto", "tf implementation", choices=("auto", "tf2_ros", "builtin")),
-    "tf_cache_time": Spec(10.0, "seconds of transforms kept", 0.1, 3600.0),
-    "tf_max_gap": Spec(0.5, "largest time between two transforms to interpolate across, s", 1e-3, 3600.0),
-    # QoS
-    "qos_reliability": Spec("best_effort", "input subscriptions (REP 2003 sensor data)",
-                            choices=("best_effort", "reliable")),
-    "qos_depth": Spec(5, "input queue depth", 1, 1000),
-    "output_qos_reliability": Spec("reliable", "output publishers", choices=("best_effort", "reliable")),
-    "output_qos_depth": Spec(5, "output queue depth", 1, 1000),
-    # diagnostics / logs
-    "diagnostics_period": Spec(1.0, "seconds between /diagnostics messages", 0.05, 60.0),
-    "warn_period": Spec(5.0, "the same warning is logged at most once per this many seconds", 0.0, 3600.0),
     **COMMON_SPECS,
 }
 
 
 @dataclass(frozen=True)
-class StereoConfig:
-    model: str
-    checkpoint: str
-    device: str
+class StereoConfig(DepthNodeConfig):
     min_disparity: int
     num_disparities: int
     block_size: int
@@ -154,35 +129,6 @@ class StereoConfig:
     temporal_reset_translation: float
     temporal_reset_rotation_deg: float
     max_gap: float
-    time_jump_reset: float
-    approximate_sync: bool
-    approximate_sync_tolerance_seconds: float
-    queue_size: int
-    confidence_threshold: float
-    publish_points: bool
-    points_dense: bool
-    points_stride: int
-    points_max_range: float
-    points_confidence: bool
-    camera_frame: str
-    world_frame: str
-    tf_backend: str
-    tf_timeout: float
-    tf_cache_time: float
-    tf_max_gap: float
-    qos_reliability: str
-    qos_depth: int
-    output_qos_reliability: str
-    output_qos_depth: int
-    diagnostics_period: float
-    warn_period: float
-    frame_queue: int
-    sync_backend: str
-    end_of_bag_topic: str
-    end_timeout: float
-    tf_max_future: float
-    diagnostics_window: float
-    trim_period: float
 
     def __post_init__(self) -> None:
         try:
@@ -190,10 +136,7 @@ class StereoConfig:
             self.temporal_config()
         except ValueError as exc:
             raise ParameterError(f"parameters: {exc}") from None
-        if self.checkpoint:
-            import os
-            if not os.path.exists(self.checkpoint):
-                raise ParameterError(f"parameter checkpoint={self.checkpoint!r}: no such file")
+        super().__post_init__()
 
     def sgbm_config(self) -> SGBMConfig:
         return SGBMConfig(min_disparity=self.min_disparity, num_disparities=self.num_disparities,
@@ -211,10 +154,6 @@ class StereoConfig:
                               fill_missing=self.temporal_fill_missing, use_poses=self.temporal_use_poses,
                               reset_translation=self.temporal_reset_translation,
                               reset_rotation_deg=self.temporal_reset_rotation_deg)
-
-    @classmethod
-    def from_values(cls, values: Dict[str, Any]) -> "StereoConfig":
-        return cls(**{f.name: values[f.name] for f in fields(cls)})
 
 
 # ---------------------------------------------------------------------------------------------------
