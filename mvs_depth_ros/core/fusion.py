@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Deque, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -98,6 +98,8 @@ class KeyframeDepth:
     confidence: np.ndarray     # (H, W) float32
     K: np.ndarray              # (3, 3)
     T_world_cam: np.ndarray    # (4, 4)
+    #: derived data computed once and re-used for every keyframe it is re-projected into (back-projected points)
+    cache: Dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass
@@ -108,78 +110,169 @@ class FusionOutput:
     support: np.ndarray        # (H, W) int16 inlier candidates per pixel (the new prediction included)
 
 
+_EMPTY = 0x7F800000 << 32          # packed key of "nothing": depth +inf (float32 bits), confidence 0
+_LOW = 0xFFFFFFFF
 _GRIDS: dict = {}
 
 
-def _pixel_grid(h: int, w: int) -> torch.Tensor:
-    """(3, H*W) float32 homogeneous pixel centres ``[u, v, 1]`` (integer coordinates, row-major), cached."""
+def _rays(h: int, w: int) -> np.ndarray:
+    """(3, H*W) float64 homogeneous pixel centres ``[u, v, 1]`` (integer coordinates, row-major), cached."""
     pix = _GRIDS.get((h, w))
     if pix is None:
-        v, u = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
-                              indexing="ij")
-        pix = torch.stack([u.reshape(-1), v.reshape(-1), torch.ones(h * w)])
+        v, u = np.mgrid[0:h, 0:w]
+        pix = np.stack([u.reshape(-1), v.reshape(-1), np.ones(h * w)]).astype(np.float64)
         if len(_GRIDS) > 8:
             _GRIDS.clear()
         _GRIDS[(h, w)] = pix
     return pix
 
 
-def _splat_columns(sources: Sequence[KeyframeDepth], K: np.ndarray, T_world_cam: np.ndarray, height: int,
-                   width: int, first: int, columns: int, min_confidence: float = 0.0, fill_holes: bool = False
-                   ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Z-buffered forward projection of ``sources`` into the target camera, written to the columns
-    ``first + s`` of ``(height * width, columns)`` depth (inf = nothing landed) and confidence buffers.
+def _pack(depth: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
+    """int64 keys ``depth bits << 32 | confidence bits`` (float32, both >= 0): ordered by depth first, so one
+    ``amin`` is a z-buffer that carries the winner's confidence along."""
+    return (depth.view(torch.int32).to(torch.int64) << 32) | confidence.view(torch.int32).to(torch.int64)
+
+
+def _unpack(keys: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(depth, confidence) float32 of packed keys (+inf / 0 where empty)."""
+    return (keys >> 32).to(torch.int32).view(torch.float32), (keys & _LOW).to(torch.int32).view(torch.float32)
+
+
+def _source_points(src: "KeyframeDepth", min_confidence: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The source's valid pixels back-projected into its own camera, ``(3, M)`` float32, and a ``(M, 2)``
+    int32 scratch of packed keys whose low words hold their confidence bits (the high words take each
+    target's depth bits): computed once per keyframe (and gate), re-used for every target it is splatted
+    into."""
+    key = ("points", float(min_confidence))
+    hit = src.cache.get(key)
+    if hit is not None:
+        return hit
+    h, w = src.depth.shape
+    d = np.asarray(src.depth, np.float32).reshape(-1)
+    c = np.nan_to_num(np.clip(np.asarray(src.confidence, np.float32).reshape(-1), 0.0, 1.0), nan=0.0)
+    ok = np.isfinite(d) & (d > 0)
+    if min_confidence > 0:
+        ok &= c >= min_confidence
+    sel = np.flatnonzero(ok)
+    rays = np.linalg.inv(np.asarray(src.K, np.float64)) @ _rays(h, w)[:, sel]
+    X = torch.from_numpy((rays * d[sel]).astype(np.float32))
+    pair = torch.zeros((sel.size, 2), dtype=torch.int32)
+    pair[:, 0] = torch.from_numpy(c[sel].copy()).view(torch.int32)        # little-endian: the low word
+    src.cache[key] = (X, pair)
+    return X, pair
+
+
+def _splat_keys(sources: Sequence["KeyframeDepth"], K: np.ndarray, T_world_cam: np.ndarray, height: int,
+                width: int, first: int, columns: int, min_confidence: float = 0.0, fill_holes: bool = False
+                ) -> torch.Tensor:
+    """Z-buffered forward projection of ``sources`` into the target camera: packed keys (:func:`_pack`)
+    ``(columns, height + 2, width + 2)`` (a one-pixel empty ring around each image), source ``s`` in column
+    ``first + s``, :data:`_EMPTY` where nothing landed (and in the other columns).
+
+    Every valid source point is moved into the target camera (``K_t [R | t] X``), rounded to its nearest
+    target pixel and written with ``scatter_reduce(amin)`` of its packed (depth, confidence) key: the nearest
+    point of a pixel wins, with its confidence. Points behind the camera never land; points outside the
+    image land on the ring, which is cleared afterwards. One source at a time (its points stay in cache).
 
     ``fill_holes``: a target pixel on which no point landed takes the nearest point of its 3x3 neighbourhood
     (the splat of a surface seen from farther away or at a slant leaves one-pixel cracks; the nearest, not
     the farthest, so that the background never shows through the cracks of a foreground surface)."""
-    n_out = height * width * columns
-    dump = n_out                                        # one extra slot takes the points that land nowhere
+    hp, wp = height + 2, width + 2
     T_inv = np.linalg.inv(np.asarray(T_world_cam, np.float64))
     K_t = np.asarray(K, np.float64)
-    groups: dict = {}
+    buf = torch.full((columns, hp, wp), _EMPTY, dtype=torch.int64)
+    lo = torch.tensor([[-1.0], [-1.0]])
+    hi = torch.tensor([[float(width)], [float(height)]])
     for s, src in enumerate(sources):
-        groups.setdefault(src.depth.shape, []).append(s)
-    lin_all, z_all, c_all = [], [], []
-    for (hs, ws), idx in groups.items():
-        d = torch.from_numpy(np.stack([sources[s].depth for s in idx]).reshape(len(idx), -1))
-        c = torch.from_numpy(np.stack([sources[s].confidence for s in idx]).reshape(len(idx), -1))
-        # target pixel coordinates P = K_t (R K_s^-1 [u v 1] d + t): the 3x3 products in float64, points in float32
-        M = [T_inv @ sources[s].T_world_cam for s in idx]
-        A = torch.from_numpy(np.stack([K_t @ m[:3, :3] @ np.linalg.inv(sources[s].K) for m, s in zip(M, idx)]
-                                      ).astype(np.float32))
-        b = torch.from_numpy(np.stack([K_t @ m[:3, 3] for m in M]).astype(np.float32))
-        P = torch.matmul(A, _pixel_grid(hs, ws)) * d[:, None] + b[:, :, None]     # (s, 3, n); NaN depth -> NaN
-        z = P[:, 2]
-        ok = z > 1e-6                                                             # False for NaN
-        if min_confidence > 0:
-            ok &= c >= min_confidence
-        inv_z = 1.0 / torch.where(ok, z, torch.ones_like(z))
-        u = torch.round(P[:, 0] * inv_z)
-        v = torch.round(P[:, 1] * inv_z)
-        ok &= (u >= 0) & (u <= width - 1) & (v >= 0) & (v <= height - 1)
-        col = torch.as_tensor([first + s for s in idx], dtype=torch.float32)[:, None]
-        lin = torch.where(ok, (v * width + u) * columns + col, torch.full_like(u, dump)).long()
-        lin_all.append(lin.reshape(-1))
-        z_all.append(torch.where(ok, z, torch.full_like(z, float("inf"))).reshape(-1))
-        c_all.append(c.reshape(-1))
-    lin, z, c = (torch.cat(x) if len(x) > 1 else x[0] for x in (lin_all, z_all, c_all))
-    out_d = torch.full((n_out + 1,), float("inf"))
-    out_d.scatter_reduce_(0, lin, z, reduce="amin")                               # the z-buffer
-    win = torch.where(z <= out_d[lin], lin, torch.full_like(lin, dump))           # ties: equal depth, any one
-    out_c = torch.zeros(n_out + 1)
-    out_c[win] = c
-    out_d, out_c = out_d[:n_out].reshape(height * width, columns), out_c[:n_out].reshape(height * width, columns)
-    if fill_holes:
-        # (H*W, C) is a channels-last (1, C, H, W) image: pooled in place of a transposed copy (2-3x faster)
-        img = out_d.view(1, height, width, columns).permute(0, 3, 1, 2)
-        neg, at = torch.nn.functional.max_pool2d(-img, 3, stride=1, padding=1, return_indices=True)
-        neg = neg.permute(0, 2, 3, 1).reshape(-1, columns)
-        at = at.permute(0, 2, 3, 1).reshape(-1, columns)              # flat pixel index per column
-        hole = torch.isinf(out_d) & torch.isfinite(neg)
-        out_c = torch.where(hole, torch.gather(out_c, 0, at), out_c)
-        out_d = torch.where(hole, -neg, out_d)
-    return out_d, out_c
+        X, pair = _source_points(src, min_confidence)
+        if X.shape[1] == 0:
+            continue
+        M = T_inv @ np.asarray(src.T_world_cam, np.float64)
+        P = torch.addmm(torch.from_numpy((K_t @ M[:3, 3:]).astype(np.float32)),
+                        torch.from_numpy((K_t @ M[:3, :3]).astype(np.float32)), X)
+        z = P[2]
+        uv = P[:2] * z.reciprocal()
+        torch.clamp(uv, lo, hi, out=uv).round_()                      # outside the image: onto the ring
+        lin = torch.addcmul(uv[0], uv[1], torch.tensor(float(wp))).add_(wp + 1).long()   # exact: < 2**24
+        behind = z <= 1e-6
+        if bool(behind.any()):
+            lin[behind] = 0                                           # a ring pixel: never lands
+        pair[:, 1] = z.view(torch.int32)                              # the high word: depth bits
+        col = buf[first + s]
+        col.view(-1).scatter_reduce_(0, lin, pair.view(torch.int64).view(-1), reduce="amin")   # the z-buffer
+        col[0], col[-1], col[:, 0], col[:, -1] = _EMPTY, _EMPTY, _EMPTY, _EMPTY
+        if fill_holes:
+            row = torch.minimum(torch.minimum(col[:, :-2], col[:, 1:-1]), col[:, 2:])      # (hp, w)
+            near = torch.minimum(torch.minimum(row[:-2], row[1:-1]), row[2:])             # (h, w)
+            inner = col[1:-1, 1:-1]
+            inner.copy_(torch.where(inner == _EMPTY, near, inner))
+    return buf
+
+
+def _merge_network(n: int) -> List[Tuple[int, int]]:
+    """Comparators ``(i, j)``, ``i < j``, of Batcher's odd-even merge sort for ``n`` elements (the network of the
+    next power of two without the comparators that touch the missing, +inf, elements: they never swap)."""
+    hit = _NETWORKS.get(n)
+    if hit is not None:
+        return hit
+    size = 1
+    while size < n:
+        size *= 2
+    pairs = []
+    p = 1
+    while p < size:
+        k = p
+        while k >= 1:
+            for j in range(k % p, size - k, 2 * k):
+                for i in range(min(k, size - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    _NETWORKS[n] = pairs = [(a, b) for a, b in pairs if b < n]
+    return pairs
+
+
+_NETWORKS: dict = {}
+
+
+def fuse_candidates(depth: torch.Tensor, weight: torch.Tensor, confidence: torch.Tensor,
+                    inlier_rel: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Robust per-pixel fusion of ``C`` candidates ``(C, N)`` (candidates first; depth inf/NaN or weight 0 =
+    none).
+
+    Weighted median in inverse depth -> inliers within ``inlier_rel`` (relative) of it -> weighted mean of
+    the inliers' inverse depth. Returns ``(depth (N,), confidence (N,), inliers (N,))``; NaN depth and 0
+    confidence where a pixel has no candidate.
+    """
+    valid = (depth > 0) & (weight > 0) & torch.isfinite(depth)
+    w = torch.where(valid, weight, torch.zeros_like(weight))
+    inv = torch.where(valid, depth.reciprocal(), torch.zeros_like(depth))
+    # weighted median: a sorting network over the C rows of packed (inverse depth, weight) keys (torch.sort of
+    # many short rows is ~20x slower), then the first cumulative weight >= half of the total
+    rows = list(_pack(inv, w).unbind(0))
+    for i, j in _merge_network(len(rows)):
+        rows[i], rows[j] = torch.minimum(rows[i], rows[j]), torch.maximum(rows[i], rows[j])
+    cum, cums = None, []
+    for r in rows:
+        wr = (r & _LOW).to(torch.int32).view(torch.float32)
+        cum = wr if cum is None else cum + wr
+        cums.append(cum)
+    half = 0.5 * cum
+    med = rows[-1]
+    for r, c in zip(rows[-2::-1], cums[-2::-1]):
+        med = torch.where(c >= half, r, med)
+    med = (med >> 32).to(torch.int32).view(torch.float32)                      # (N,) inverse depth
+    inl = valid & ((inv - med).abs() <= inlier_rel * med)
+    w_in = w * inl
+    w_in_sum = w_in.sum(0)
+    has = w_in_sum > 0
+    inv_f = (w_in * inv).sum(0) / torch.where(has, w_in_sum, torch.ones_like(w_in_sum))
+    fused = torch.where(has, inv_f.reciprocal(), torch.full_like(inv_f, float("nan")))
+    # confidence: independent votes of the inliers, scaled by their share of all the weight
+    agree = 1.0 - torch.prod(1.0 - confidence * inl, 0)
+    conf = torch.where(has, agree * w_in_sum / torch.where(has, cum, torch.ones_like(cum)), torch.zeros_like(agree))
+    return fused, conf, inl.sum(0).to(torch.int16)
 
 
 def splat_depth(sources: Sequence[KeyframeDepth], K: np.ndarray, T_world_cam: np.ndarray,
@@ -193,41 +286,10 @@ def splat_depth(sources: Sequence[KeyframeDepth], K: np.ndarray, T_world_cam: np
     S = len(sources)
     if S == 0:
         return np.empty((0, height, width), np.float32), np.empty((0, height, width), np.float32)
-    d, c = _splat_columns(sources, K, T_world_cam, height, width, 0, S)
-    d = d.T.reshape(S, height, width).numpy().copy()
+    d, c = _unpack(_splat_keys(sources, K, T_world_cam, height, width, 0, S)[:, 1:-1, 1:-1])
+    d = d.numpy().copy()
     d[np.isinf(d)] = np.nan
-    return d, c.T.reshape(S, height, width).numpy().copy()
-
-
-def fuse_candidates(depth: torch.Tensor, weight: torch.Tensor, confidence: torch.Tensor,
-                    inlier_rel: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Robust per-pixel fusion of ``C`` candidates ``(N, C)`` (depth inf/NaN or weight 0 = none).
-
-    Weighted median in inverse depth -> inliers within ``inlier_rel`` (relative) of it -> weighted mean of
-    the inliers' inverse depth. Returns ``(depth (N,), confidence (N,), inliers (N,))``; NaN depth and 0
-    confidence where a pixel has no candidate.
-    """
-    valid = (depth > 0) & (weight > 0) & torch.isfinite(depth)
-    w = torch.where(valid, weight, torch.zeros_like(weight))
-    inv = torch.where(valid, 1.0 / depth, torch.zeros_like(depth))
-    # weighted median: sort by inverse depth, the first cumulative weight >= half of the total
-    inv_s, order = torch.sort(inv, dim=1)
-    cum = torch.cumsum(torch.gather(w, 1, order), 1)
-    total = cum[:, -1:]
-    at = (cum < 0.5 * total).sum(1, keepdim=True).clamp(max=depth.shape[1] - 1)
-    med = torch.gather(inv_s, 1, at)                                              # (N, 1)
-    inl = valid & ((inv - med).abs() <= inlier_rel * med)
-    w_in = torch.where(inl, w, torch.zeros_like(w))
-    w_in_sum = w_in.sum(1)
-    has = w_in_sum > 0
-    w_in_safe = torch.where(has, w_in_sum, torch.ones_like(w_in_sum))
-    inv_f = (w_in * inv).sum(1) / w_in_safe
-    fused = torch.where(has, 1.0 / torch.where(has, inv_f, torch.ones_like(inv_f)), torch.full_like(inv_f, float("nan")))
-    # confidence: independent votes of the inliers, scaled by their share of all the weight
-    agree = 1.0 - torch.prod(torch.where(inl, 1.0 - confidence, torch.ones_like(confidence)), 1)
-    conf = torch.where(has, agree * w_in_sum / torch.where(has, total[:, 0], torch.ones_like(w_in_sum)),
-                       torch.zeros_like(agree))
-    return fused, conf, inl.sum(1).to(torch.int16)
+    return d, c.numpy().copy()
 
 
 def fuse_keyframe(depth: np.ndarray, confidence: np.ndarray, K: np.ndarray, T_world_cam: np.ndarray,
@@ -240,27 +302,28 @@ def fuse_keyframe(depth: np.ndarray, confidence: np.ndarray, K: np.ndarray, T_wo
     if not others:
         return FusionOutput(depth.copy(), confidence.copy(), 0, np.isfinite(depth).astype(np.int16))
     C = len(others) + 1
-    d_all, c_all = _splat_columns(others, K, T_world_cam, h, w, 1, C, config.min_source_confidence,
-                                  config.fill_holes)
+    keys = _splat_keys(others, K, T_world_cam, h, w, 1, C, config.min_source_confidence,
+                       config.fill_holes)[:, 1:-1, 1:-1].reshape(C, h * w)
+    d_all, c_all = _unpack(keys)                                    # (C, N); column 0 (empty) = the new prediction
     d_now = torch.from_numpy(depth).reshape(-1)
     c_now = torch.from_numpy(confidence).reshape(-1)
-    d_all[:, 0] = d_now
-    c_all[:, 0] = c_now
-    wt = c_all ** config.confidence_power if config.confidence_power != 1.0 else c_all.clone()
-    wt[:, 0] *= config.current_weight
-    wt[wt < config.min_weight] = 0.0
+    d_all[0] = d_now
+    c_all[0] = torch.nan_to_num(c_now, nan=0.0)
+    wt = c_all.sqrt() if config.confidence_power == 0.5 else c_all ** config.confidence_power
+    wt[0] *= config.current_weight
+    wt = torch.where(wt < config.min_weight, torch.zeros_like(wt), wt)
     if config.occlusion_test:
         # visibility: a re-projected point farther than the new prediction would be hidden behind its surface
         # (or shows through a hole of the splat): no evidence against it. One in front of it contradicts it.
-        now_ok = (wt[:, :1] > 0) & torch.isfinite(d_now)[:, None]
-        behind = now_ok & (d_all[:, 1:] * (1.0 - config.inlier_rel) > d_now[:, None])
-        wt[:, 1:][behind] = 0.0
+        now_ok = (wt[0] > 0) & torch.isfinite(d_now)
+        behind = now_ok & (d_all[1:] * (1.0 - config.inlier_rel) > d_now)
+        wt[1:] = torch.where(behind, torch.zeros_like(wt[1:]), wt[1:])
     fused, conf, support = fuse_candidates(d_all, wt, c_all, config.inlier_rel)
     # the new prediction is never dropped: where no candidate has weight, it passes through
     keep_now = torch.isnan(fused) & torch.isfinite(d_now)
     fused = torch.where(keep_now, d_now, fused)
     conf = torch.where(keep_now, c_now, conf)
-    contributed = int(torch.isfinite(d_all[:, 1:]).any(0).sum())
+    contributed = int((keys[1:] != _EMPTY).any(1).sum())
     return FusionOutput(fused.reshape(h, w).numpy(), conf.reshape(h, w).numpy(), contributed,
                         support.reshape(h, w).numpy())
 
