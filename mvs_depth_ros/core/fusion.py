@@ -34,6 +34,7 @@ Shapes: depth ``(H, W)`` float32 metres, NaN invalid; confidence ``(H, W)`` in [
 from __future__ import annotations
 
 import logging
+import threading
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Deque, List, Optional, Sequence, Tuple
@@ -113,6 +114,16 @@ class FusionOutput:
 _EMPTY = 0x7F800000 << 32          # packed key of "nothing": depth +inf (float32 bits), confidence 0
 _LOW = 0xFFFFFFFF
 _GRIDS: dict = {}
+_WORK = threading.local()
+
+
+def _workspace(shape: Tuple[int, ...]) -> torch.Tensor:
+    """An int64 scratch buffer of ``shape``, kept per thread and re-used from call to call (a fresh ~10 MB
+    buffer per keyframe costs more in page faults than the z-buffer itself)."""
+    buf = getattr(_WORK, "buf", None)
+    if buf is None or tuple(buf.shape) != tuple(shape):
+        buf = _WORK.buf = torch.empty(shape, dtype=torch.int64)
+    return buf
 
 
 def _rays(h: int, w: int) -> np.ndarray:
@@ -180,7 +191,8 @@ def _splat_keys(sources: Sequence["KeyframeDepth"], K: np.ndarray, T_world_cam: 
     hp, wp = height + 2, width + 2
     T_inv = np.linalg.inv(np.asarray(T_world_cam, np.float64))
     K_t = np.asarray(K, np.float64)
-    buf = torch.full((columns, hp, wp), _EMPTY, dtype=torch.int64)
+    buf = _workspace((columns, hp, wp))
+    buf.fill_(_EMPTY)
     lo = torch.tensor([[-1.0], [-1.0]])
     hi = torch.tensor([[float(width)], [float(height)]])
     for s, src in enumerate(sources):
@@ -234,45 +246,49 @@ def _merge_network(n: int) -> List[Tuple[int, int]]:
 
 
 _NETWORKS: dict = {}
+_QMAX = 4095                        # weight quantisation of the median's sort keys (12 bits)
 
 
 def fuse_candidates(depth: torch.Tensor, weight: torch.Tensor, confidence: torch.Tensor,
-                    inlier_rel: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Robust per-pixel fusion of ``C`` candidates ``(C, N)`` (candidates first; depth inf/NaN or weight 0 =
-    none).
+                    inlier_rel: float, max_weight: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Robust per-pixel fusion of ``C`` candidates ``(C, ...)`` (candidates first; depth > 0, +inf = none;
+    weight >= 0, at most ``max_weight``; 0 = none).
 
     Weighted median in inverse depth -> inliers within ``inlier_rel`` (relative) of it -> weighted mean of
-    the inliers' inverse depth. Returns ``(depth (N,), confidence (N,), inliers (N,))``; NaN depth and 0
-    confidence where a pixel has no candidate.
+    the inliers' inverse depth. Returns ``(depth, confidence, inliers)`` of shape ``(...)``; NaN depth and 0
+    confidence where a pixel has no weighted candidate.
+
+    The median runs a sorting network over int32 keys: the inverse depth's float bits (positive floats sort
+    as integers) whose lowest 12 bits are replaced by the weight quantised to 0..4095 (the median is located to
+    2**-11 relative, far inside ``inlier_rel``); the mean and the confidence use the exact values.
     """
-    valid = (depth > 0) & (weight > 0) & torch.isfinite(depth)
-    w = torch.where(valid, weight, torch.zeros_like(weight))
-    inv = torch.where(valid, depth.reciprocal(), torch.zeros_like(depth))
-    # weighted median: a sorting network over the C rows of packed (inverse depth, weight) keys (torch.sort of
-    # many short rows is ~20x slower), then the first cumulative weight >= half of the total
-    rows = list(_pack(inv, w).unbind(0))
+    inv = depth.reciprocal()                                                    # +inf -> 0
+    bits = inv.view(torch.int32) & ~_QMAX
+    q = (weight * (_QMAX / max_weight)).round_().clamp_(0, _QMAX).to(torch.int32)
+    rows = list((bits | q).unbind(0))
     for i, j in _merge_network(len(rows)):
         rows[i], rows[j] = torch.minimum(rows[i], rows[j]), torch.maximum(rows[i], rows[j])
-    cum, cums = None, []
+    cums, cum = [], None
     for r in rows:
-        wr = (r & _LOW).to(torch.int32).view(torch.float32)
-        cum = wr if cum is None else cum + wr
+        cum = (r & _QMAX) if cum is None else cum + (r & _QMAX)
         cums.append(cum)
-    half = 0.5 * cum
+    total = cum                                                                  # exact: integers
     med = rows[-1]
     for r, c in zip(rows[-2::-1], cums[-2::-1]):
-        med = torch.where(c >= half, r, med)
-    med = (med >> 32).to(torch.int32).view(torch.float32)                      # (N,) inverse depth
-    inl = valid & ((inv - med).abs() <= inlier_rel * med)
-    w_in = w * inl
+        med = torch.where(2 * c >= total, r, med)                                # the first to reach half
+    med = (med & ~_QMAX).view(torch.float32)
+    inl = (inv - med).abs_() <= inlier_rel * med
+    w_in = weight * inl
     w_in_sum = w_in.sum(0)
     has = w_in_sum > 0
     inv_f = (w_in * inv).sum(0) / torch.where(has, w_in_sum, torch.ones_like(w_in_sum))
     fused = torch.where(has, inv_f.reciprocal(), torch.full_like(inv_f, float("nan")))
     # confidence: independent votes of the inliers, scaled by their share of all the weight
     agree = 1.0 - torch.prod(1.0 - confidence * inl, 0)
-    conf = torch.where(has, agree * w_in_sum / torch.where(has, cum, torch.ones_like(cum)), torch.zeros_like(agree))
-    return fused, conf, inl.sum(0).to(torch.int16)
+    w_sum = weight.sum(0)
+    conf = torch.where(has, agree * w_in_sum / torch.where(has, w_sum, torch.ones_like(w_sum)),
+                       torch.zeros_like(agree))
+    return fused, conf, (w_in > 0).sum(0).to(torch.int16)
 
 
 def splat_depth(sources: Sequence[KeyframeDepth], K: np.ndarray, T_world_cam: np.ndarray,
@@ -286,10 +302,10 @@ def splat_depth(sources: Sequence[KeyframeDepth], K: np.ndarray, T_world_cam: np
     S = len(sources)
     if S == 0:
         return np.empty((0, height, width), np.float32), np.empty((0, height, width), np.float32)
-    d, c = _unpack(_splat_keys(sources, K, T_world_cam, height, width, 0, S)[:, 1:-1, 1:-1])
-    d = d.numpy().copy()
+    d, c = _unpack(_splat_keys(sources, K, T_world_cam, height, width, 0, S)[:, 1:-1, 1:-1].clone())
+    d = d.numpy()
     d[np.isinf(d)] = np.nan
-    return d, c.numpy().copy()
+    return d, c.numpy()
 
 
 def fuse_keyframe(depth: np.ndarray, confidence: np.ndarray, K: np.ndarray, T_world_cam: np.ndarray,
@@ -302,30 +318,31 @@ def fuse_keyframe(depth: np.ndarray, confidence: np.ndarray, K: np.ndarray, T_wo
     if not others:
         return FusionOutput(depth.copy(), confidence.copy(), 0, np.isfinite(depth).astype(np.int16))
     C = len(others) + 1
-    keys = _splat_keys(others, K, T_world_cam, h, w, 1, C, config.min_source_confidence,
-                       config.fill_holes)[:, 1:-1, 1:-1].reshape(C, h * w)
-    d_all, c_all = _unpack(keys)                                    # (C, N); column 0 (empty) = the new prediction
-    d_now = torch.from_numpy(depth).reshape(-1)
-    c_now = torch.from_numpy(confidence).reshape(-1)
-    d_all[0] = d_now
-    c_all[0] = torch.nan_to_num(c_now, nan=0.0)
+    buf = _splat_keys(others, K, T_world_cam, h, w, 1, C, config.min_source_confidence, config.fill_holes)
+    # the keys' words as float32 (little-endian): [..., 0] confidence, [..., 1] depth (+inf = none)
+    cd = buf.view(torch.int32).view(torch.float32).view(C, h + 2, w + 2, 2)[:, 1:-1, 1:-1]
+    d_now = torch.from_numpy(depth)
+    c_now = torch.from_numpy(confidence)
+    now_ok = torch.isfinite(d_now) & (d_now > 0)
+    cd[0, ..., 1] = torch.where(now_ok, d_now, torch.tensor(float("inf")))      # column 0: the new prediction
+    cd[0, ..., 0] = torch.where(now_ok, torch.nan_to_num(c_now, nan=0.0), torch.tensor(0.0))
+    d_all, c_all = cd[..., 1].contiguous(), cd[..., 0].contiguous()          # de-interleaved: vectorised ops
+    contributed = int((d_all[1:] < float("inf")).flatten(1).any(1).sum())
     wt = c_all.sqrt() if config.confidence_power == 0.5 else c_all ** config.confidence_power
     wt[0] *= config.current_weight
-    wt = torch.where(wt < config.min_weight, torch.zeros_like(wt), wt)
+    if config.min_weight > 0:
+        wt.mul_(wt >= config.min_weight)
     if config.occlusion_test:
         # visibility: a re-projected point farther than the new prediction would be hidden behind its surface
         # (or shows through a hole of the splat): no evidence against it. One in front of it contradicts it.
-        now_ok = (wt[0] > 0) & torch.isfinite(d_now)
-        behind = now_ok & (d_all[1:] * (1.0 - config.inlier_rel) > d_now)
-        wt[1:] = torch.where(behind, torch.zeros_like(wt[1:]), wt[1:])
-    fused, conf, support = fuse_candidates(d_all, wt, c_all, config.inlier_rel)
+        behind = (d_all[1:] * (1.0 - config.inlier_rel) > d_now) & (wt[0] > 0)
+        wt[1:].masked_fill_(behind, 0.0)
+    fused, conf, support = fuse_candidates(d_all, wt, c_all, config.inlier_rel, max(config.current_weight, 1.0))
     # the new prediction is never dropped: where no candidate has weight, it passes through
-    keep_now = torch.isnan(fused) & torch.isfinite(d_now)
+    keep_now = torch.isnan(fused) & now_ok
     fused = torch.where(keep_now, d_now, fused)
     conf = torch.where(keep_now, c_now, conf)
-    contributed = int((keys[1:] != _EMPTY).any(1).sum())
-    return FusionOutput(fused.reshape(h, w).numpy(), conf.reshape(h, w).numpy(), contributed,
-                        support.reshape(h, w).numpy())
+    return FusionOutput(fused.numpy(), conf.numpy(), contributed, support.numpy())
 
 
 class TemporalFusion:
