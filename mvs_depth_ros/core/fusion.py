@@ -204,8 +204,7 @@ def _splat_keys(sources: Sequence["KeyframeDepth"], K: np.ndarray, T_world_cam: 
     K_t = np.asarray(K, np.float64)
     buf = _workspace((columns, hp, wp))
     buf.fill_(_EMPTY)
-    lo = torch.tensor([[-1.0], [-1.0]])
-    hi = torch.tensor([[float(width)], [float(height)]])
+    flat = buf.view(columns, -1)
     for s, src in enumerate(sources):
         X, pair = _source_points(src, min_confidence, stride)
         if X.shape[1] == 0:
@@ -215,20 +214,20 @@ def _splat_keys(sources: Sequence["KeyframeDepth"], K: np.ndarray, T_world_cam: 
                         torch.from_numpy((K_t @ M[:3, :3]).astype(np.float32)), X)
         z = P[2]
         uv = P[:2] * z.reciprocal()
-        torch.clamp(uv, lo, hi, out=uv).round_()                      # outside the image: onto the ring
-        lin = torch.addcmul(uv[0], uv[1], torch.tensor(float(wp))).add_(wp + 1).long()   # exact: < 2**24
+        u = uv[0].clamp_(-1.0, float(width)).round_()                # outside the image: onto the ring
+        v = uv[1].clamp_(-1.0, float(height)).round_()
+        lin = v.mul_(wp).add_(u).add_(wp + 1).long()                 # exact in float32: < 2**24
         behind = z <= 1e-6
         if bool(behind.any()):
             lin[behind] = 0                                           # a ring pixel: never lands
         pair[:, 1] = z.view(torch.int32)                              # the high word: depth bits
-        col = buf[first + s]
-        col.view(-1).scatter_reduce_(0, lin, pair.view(torch.int64).view(-1), reduce="amin")   # the z-buffer
-        col[0], col[-1], col[:, 0], col[:, -1] = _EMPTY, _EMPTY, _EMPTY, _EMPTY
-        if fill_holes:
-            row = torch.minimum(torch.minimum(col[:, :-2], col[:, 1:-1]), col[:, 2:])      # (hp, w)
-            near = torch.minimum(torch.minimum(row[:-2], row[1:-1]), row[2:])             # (h, w)
-            inner = col[1:-1, 1:-1]
-            inner.copy_(torch.where(inner == _EMPTY, near, inner))
+        flat[first + s].scatter_reduce_(0, lin, pair.view(torch.int64).view(-1), reduce="amin")  # the z-buffer
+    buf[:, 0], buf[:, -1], buf[:, :, 0], buf[:, :, -1] = _EMPTY, _EMPTY, _EMPTY, _EMPTY
+    if fill_holes:
+        row = torch.minimum(torch.minimum(buf[:, :, :-2], buf[:, :, 1:-1]), buf[:, :, 2:])      # (C, hp, w)
+        near = torch.minimum(torch.minimum(row[:, :-2], row[:, 1:-1]), row[:, 2:])             # (C, h, w)
+        inner = buf[:, 1:-1, 1:-1]
+        inner.copy_(torch.where(inner == _EMPTY, near, inner))
     return buf
 
 
@@ -346,8 +345,8 @@ def fuse_keyframe(depth: np.ndarray, confidence: np.ndarray, K: np.ndarray, T_wo
     # the keys' words as float32 (little-endian): [..., 0] confidence, [..., 1] depth (+inf = none)
     cd = buf.view(torch.int32).view(torch.float32).view(C, hc + 2, wc + 2, 2)[:, 1:-1, 1:-1]
     d0, c0, ok0 = d_now[::n, ::n], c_now[::n, ::n], now_ok[::n, ::n]          # the new prediction on the grid
-    cd[0, ..., 1] = torch.where(ok0, d0, torch.tensor(float("inf")))            # column 0
-    cd[0, ..., 0] = torch.where(ok0, c0, torch.tensor(0.0))
+    cd[0, ..., 1] = torch.where(ok0, d0, float("inf"))                          # column 0
+    cd[0, ..., 0] = torch.where(ok0, c0, 0.0)
     d_all, c_all = cd[..., 1].contiguous(), cd[..., 0].contiguous()          # de-interleaved: vectorised ops
     contributed = int((d_all[1:] < float("inf")).flatten(1).any(1).sum())
     wt = _weights(c_all, config)
