@@ -113,6 +113,7 @@ class Run:
     ms: List[float]
     notes: List[str] = field(default_factory=list)
     fusion_ms: List[float] = field(default_factory=list)
+    made: list = field(default_factory=list)     # online rows: every keyframe step with depth, in order
 
     @property
     def threshold(self) -> float:
@@ -176,6 +177,7 @@ def run_online(est, frames: Frames, refs: Sequence[str], n_meas: int, width: int
     run = Run([], [], [], [])
     for r in refs:
         _record(run, got[r])
+    run.made = made
     run.notes.append(f"{len(got)}/{len(refs)} reference frames made keyframes ({pipe.counters.keyframes} "
                      f"keyframes from {pipe.counters.frames} frames)")
     off = indices.get(n_meas)
@@ -189,15 +191,25 @@ def run_online(est, frames: Frames, refs: Sequence[str], n_meas: int, width: int
                          f"{np.mean([len(m) for m in run.measurements]):.2f}")
     if fusion.mode == "off":
         return {"": run}
-    raw = Run([replace(r, depth=r.info["unfused_depth"], confidence=r.info["unfused_confidence"], fused=False)
-               for r in run.results], run.frames, run.measurements, [got[r].compute_ms - got[r].fusion_ms for r in refs],
-              run.notes)
+    prior = pipe.fusion.config.prior and est.accepts_prior
     causal = Run(run.results, run.frames, run.measurements, [got[r].fusion_ms for r in refs],
-                 [f"{pipe.counters.fused}/{pipe.counters.predictions} predictions fused"],
+                 [f"{pipe.counters.fused}/{pipe.counters.predictions} predictions fused"
+                  + (" (the fused state fed back to the estimator as a depth prior)" if prior else "")],
                  fusion_ms=[got[r].fusion_ms for r in refs])
+    if prior:
+        # the estimator's output depends on the fusion state: its row (and the offline fusion, which has no
+        # prior) come from a run without fusion
+        raw = run_online(est, frames, refs, n_meas, width, height, indices, replace(fusion, mode="off"))[""]
+        made = raw.made
+        made_raw = [(s.result.depth, s.result.confidence) for s in made]
+    else:
+        raw = Run([replace(r, depth=r.info["unfused_depth"], confidence=r.info["unfused_confidence"], fused=False)
+                   for r in run.results], run.frames, run.measurements,
+                  [got[r].compute_ms - got[r].fusion_ms for r in refs], run.notes)
+        made_raw = [(s.result.info["unfused_depth"], s.result.info["unfused_confidence"]) for s in made]
     t0 = time.perf_counter()
-    off = fuse_offline([KeyframeDepth(s.result.info["unfused_depth"], s.result.info["unfused_confidence"],
-                                      s.result.K, s.frame.T_world_cam) for s in made], replace(pipe.fusion.config, mode="offline"))
+    off = fuse_offline([KeyframeDepth(d, c, s.result.K, s.frame.T_world_cam) for (d, c), s in zip(made_raw, made)],
+                       replace(pipe.fusion.config, mode="offline"))
     off_ms = (time.perf_counter() - t0) * 1e3 / len(made)
     by_name = {_stem(s.frame.name): o for s, o in zip(made, off)}
     offline = Run([replace(r, depth=by_name[n].depth, confidence=by_name[n].confidence) for r, n in

@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 
 MODES = ("off", "causal", "offline")
 #: values of the estimator-dependent fields for estimators that do not set them (``fusion_defaults``)
-DEFAULTS: Dict[str, Any] = {"current_weight": 2.0, "min_source_confidence": 0.0, "fill_holes": True, "occlusion_test": False}
+DEFAULTS: Dict[str, Any] = {"current_weight": 2.0, "min_source_confidence": 0.0, "fill_holes": True, "occlusion_test": False,
+                            "prior": False}
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ class FusionConfig:
     fill_holes: Optional[bool] = None   # one-pixel cracks of the splat take their 3x3 neighbourhood's nearest point
     occlusion_test: Optional[bool] = None   # re-projected depth behind the new prediction (beyond inlier_rel)
                                             # is hidden by its surface: it does not vote
+    prior: Optional[bool] = None    # causal: the last fused keyframe re-projected into the new one is given to
+                                    # the estimator as a depth prior (estimators with ``accepts_prior``)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -408,6 +411,7 @@ class TemporalFusion:
         self.config = config = config.resolved()
         self._history: Deque[KeyframeDepth] = deque(maxlen=max(config.history, config.window))
         self._shape: Optional[Tuple[int, int]] = None
+        self._last: Optional[KeyframeDepth] = None       # the last fused output (for :meth:`prior`)
 
     def __len__(self) -> int:
         return len(self._history)
@@ -415,6 +419,18 @@ class TemporalFusion:
     def reset(self) -> None:
         self._history.clear()
         self._shape = None
+        self._last = None
+
+    def prior(self, K: np.ndarray, T_world_cam: np.ndarray, height: int, width: int
+              ) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+        """The last keyframe's fused depth and confidence re-projected into a new keyframe (z-buffered, cracks
+        filled), ``(depth (H, W) NaN = none, confidence)``: a prior for the estimator. None without state or
+        after a change of size."""
+        last = self._last
+        if last is None or last.depth.shape != (height, width):
+            return None
+        d, c = _unpack(_splat_keys([last], K, T_world_cam, height, width, 0, 1, 0.0, True)[0, 1:-1, 1:-1])
+        return torch.where(torch.isinf(d), float("nan"), d).numpy(), c.numpy()
 
     def _nearest(self, T_world_cam: np.ndarray) -> List[KeyframeDepth]:
         """The ``window`` kept keyframes nearest to the new pose (DeepVideoMVS' pose distance)."""
@@ -435,6 +451,8 @@ class TemporalFusion:
         self._history.append(KeyframeDepth(np.asarray(depth, np.float32), np.asarray(confidence, np.float32),
                                            np.asarray(K, np.float64), np.asarray(T_world_cam, np.float64)))
         self._shape = depth.shape
+        self._last = KeyframeDepth(out.depth, out.confidence, np.asarray(K, np.float64),
+                                   np.asarray(T_world_cam, np.float64)) if self.config.prior else None
         return out
 
 
