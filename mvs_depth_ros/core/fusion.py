@@ -5,12 +5,13 @@ last ``history`` keyframes (the video pipeline's recurrent state: reset with it 
 or a change of working size), forward-projects the ``window`` nearest (pose distance) into the new keyframe
 and fuses them with the new prediction per pixel:
 
-1. **Splatting** (:func:`splat_depth`): every valid source pixel is back-projected, moved into the target
-   camera and rounded to its nearest target pixel; a z-buffer (``scatter_reduce(amin)``) keeps the nearest
-   point per target pixel, so an occluded point never overwrites a nearer one; points behind the camera or
-   outside the image are dropped. The winner's confidence travels with it. ``fill_holes`` closes the
-   one-pixel cracks of the splat with the nearest point of the 3x3 neighbourhood. All sources at once, no
-   per-pixel Python.
+1. **Splatting** (:func:`splat_depth`): every valid source pixel is back-projected (once per kept keyframe:
+   the points are cached with it), moved into the target camera and rounded to its nearest target pixel; a
+   z-buffer keeps the nearest point per target pixel, so an occluded point never overwrites a nearer one;
+   points behind the camera or outside the image are dropped. The z-buffer is one ``scatter_reduce(amin)``
+   of int64 keys ``depth bits << 32 | confidence bits`` (positive floats order as integers), so the winner's
+   confidence travels with it. ``fill_holes`` closes the one-pixel cracks of the splat with the nearest
+   point of the 3x3 neighbourhood. No per-pixel Python.
 2. **Robust fusion** (:func:`fuse_candidates`), in inverse depth (the quantity MVS errors are roughly uniform
    in): the candidates of a pixel (the new prediction and the re-projected ones) get weights
    ``confidence ** confidence_power`` (the new prediction's times ``current_weight``); the weighted median
@@ -18,11 +19,18 @@ and fuses them with the new prediction per pixel:
    inliers, the others are rejected, and the fused inverse depth is the inliers' weighted mean: the
    depth-agreement test. ``occlusion_test`` is the visibility test: a re-projected point behind the new
    prediction would be hidden by its surface (or shows through a crack), so it does not vote.
+   With ``evidence_stride`` n (default 2) the re-projected keyframes are splatted (every n-th pixel) and their
+   median taken on an n times coarser grid of the new keyframe, and the new prediction joins each cell's
+   re-projected inliers at full resolution: ~1/n**2 of the work (HoloLens: the same accuracy, see README).
 3. **Confidence** keeps its meaning ("how likely this depth is right"): the fused confidence is the agreement
    of the evidence, ``1 - prod(1 - c_j)`` over the inliers (independent votes), times the inliers' share of
    all the weight (contradiction lowers it). A pixel seen once keeps the estimator's confidence, one
    confirmed by other keyframes rises, one contradicted falls: a confidence threshold still trades coverage
    for accuracy.
+
+**The state feeds the estimator** (``prior``, on where an estimator's ``fusion_defaults`` say so): the last
+fused keyframe re-projected into the new one (:meth:`TemporalFusion.prior`) is handed to estimators with
+``accepts_prior`` (the plane sweep narrows its per-pixel search around it, ``PlaneSweepConfig.prior_weight``).
 
 Causal by default (only past keyframes: what a robot has). :func:`fuse_offline` is the non-causal variant for
 recorded sequences (``mvs-depth run --temporal-fusion offline``): each keyframe with its neighbours before
