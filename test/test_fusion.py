@@ -221,7 +221,7 @@ def test_evidence_stride_fuses_like_full_resolution(seq, stride):
 
 
 def test_prior_is_the_last_fused_keyframe_reprojected(seq):
-    fusion = TemporalFusion(FusionConfig(window=4, prior=True))
+    fusion = TemporalFusion(FusionConfig(window=4, prior=True, evidence_stride=1))
     f0, f1 = seq.frames[0], seq.frames[6]
     assert fusion.prior(f0.K, f0.T_world_cam, H, W) is None
     out = fusion.step(f0.depth_gt, np.ones((H, W), np.float32), f0.K, f0.T_world_cam)
@@ -236,6 +236,12 @@ def test_prior_is_the_last_fused_keyframe_reprojected(seq):
     fusion.reset()
     assert fusion.prior(f0.K, f0.T_world_cam, H, W) is None
     assert TemporalFusion(FusionConfig(window=4)).config.prior is False
+    # on the default 2x coarser evidence grid: each 2x2 cell takes one re-projected point
+    coarse = TemporalFusion(FusionConfig(window=4, prior=True))
+    coarse.step(f0.depth_gt, np.ones((H, W), np.float32), f0.K, f0.T_world_cam)
+    d, _ = coarse.prior(f1.K, f1.T_world_cam, H, W)
+    ok = np.isfinite(d)
+    assert ok.mean() > 0.6 and np.median(np.abs(d[ok] - f1.depth_gt[ok]) / f1.depth_gt[ok]) < 2e-2
 
 
 class PriorOracle(NoisyOracle):

@@ -346,11 +346,7 @@ def fuse_keyframe(depth: np.ndarray, confidence: np.ndarray, K: np.ndarray, T_wo
     c_now = torch.from_numpy(np.nan_to_num(confidence, nan=0.0))
     now_ok = torch.isfinite(d_now) & (d_now > 0)
     n = config.evidence_stride
-    hc, wc = -(-h // n), -(-w // n)
-    K_c = np.array(K, np.float64, copy=True)
-    if n > 1:               # target cell (i, j) <- full-resolution pixels n*i .. n*i + n - 1 (and j)
-        K_c[:2, :2] /= n
-        K_c[:2, 2] = (K_c[:2, 2] - (n - 1) / 2) / n
+    hc, wc, K_c = _coarse_grid(K, h, w, n)
     C = len(others) + 1
     buf = _splat_keys(others, K_c, T_world_cam, hc, wc, 1, C, config.min_source_confidence, config.fill_holes, n)
     # the keys' words as float32 (little-endian): [..., 0] confidence, [..., 1] depth (+inf = none)
@@ -380,7 +376,7 @@ def fuse_keyframe(depth: np.ndarray, confidence: np.ndarray, K: np.ndarray, T_wo
         w_in = wt[1:] * inl
 
         def up(x: torch.Tensor) -> torch.Tensor:
-            return x[:, None, :, None].expand(hc, n, wc, n).reshape(hc * n, wc * n)[:h, :w]
+            return _upsample(x, n, h, w)
 
         med, s_w, s_wi = up(med), up(w_in.sum(0)), up((w_in * inv[1:]).sum(0))
         p_out, w_src, n_in = up(torch.prod(1.0 - c_all[1:] * inl, 0)), up(wt[1:].sum(0)), up((w_in > 0).sum(0))
@@ -402,6 +398,24 @@ def fuse_keyframe(depth: np.ndarray, confidence: np.ndarray, K: np.ndarray, T_wo
     fused = torch.where(keep_now, d_now, fused)
     conf = torch.where(keep_now, c_now, conf)
     return FusionOutput(fused.numpy(), conf.numpy(), contributed, support.numpy())
+
+
+def _coarse_grid(K: np.ndarray, h: int, w: int, n: int) -> Tuple[int, int, np.ndarray]:
+    """Size and intrinsics of the n times coarser grid whose cell (i, j) holds the full-resolution pixels
+    n*i .. n*i + n - 1 (rows) and n*j .. n*j + n - 1 (columns)."""
+    K_c = np.array(K, np.float64, copy=True)
+    if n > 1:
+        K_c[:2, :2] /= n
+        K_c[:2, 2] = (K_c[:2, 2] - (n - 1) / 2) / n
+    return -(-h // n), -(-w // n), K_c
+
+
+def _upsample(x: torch.Tensor, n: int, h: int, w: int) -> torch.Tensor:
+    """A coarse-grid map back to ``(h, w)``: each cell's value on its n x n pixels."""
+    if n == 1:
+        return x
+    hc, wc = x.shape
+    return x[:, None, :, None].expand(hc, n, wc, n).reshape(hc * n, wc * n)[:h, :w]
 
 
 def _weights(confidence: torch.Tensor, config: FusionConfig) -> torch.Tensor:
@@ -432,13 +446,16 @@ class TemporalFusion:
     def prior(self, K: np.ndarray, T_world_cam: np.ndarray, height: int, width: int
               ) -> Optional[Tuple[np.ndarray, np.ndarray]]:
         """The last keyframe's fused depth and confidence re-projected into a new keyframe (z-buffered, cracks
-        filled), ``(depth (H, W) NaN = none, confidence)``: a prior for the estimator. None without state or
-        after a change of size."""
+        filled; on the ``evidence_stride`` grid, each cell's value on its pixels), ``(depth (H, W) NaN = none,
+        confidence)``: a prior for the estimator. None without state or after a change of size."""
         last = self._last
         if last is None or last.depth.shape != (height, width):
             return None
-        d, c = _unpack(_splat_keys([last], K, T_world_cam, height, width, 0, 1, 0.0, True)[0, 1:-1, 1:-1])
-        return torch.where(torch.isinf(d), float("nan"), d).numpy(), c.numpy()
+        n = self.config.evidence_stride                  # on the evidence grid (an estimator's cost volume is
+        hc, wc, K_c = _coarse_grid(K, height, width, n)  # coarser still: the plane sweep's is half)
+        d, c = _unpack(_splat_keys([last], K_c, T_world_cam, hc, wc, 0, 1, 0.0, True, n)[0, 1:-1, 1:-1])
+        d = torch.where(torch.isinf(d), float("nan"), d)
+        return _upsample(d, n, height, width).numpy(), _upsample(c, n, height, width).numpy()
 
     def _nearest(self, T_world_cam: np.ndarray) -> List[KeyframeDepth]:
         """The ``window`` kept keyframes nearest to the new pose (DeepVideoMVS' pose distance)."""
