@@ -235,10 +235,16 @@ def _splat_keys(sources: Sequence["KeyframeDepth"], K: np.ndarray, T_world_cam: 
         flat[first + s].scatter_reduce_(0, lin, pair.view(torch.int64).view(-1), reduce="amin")  # the z-buffer
     buf[:, 0], buf[:, -1], buf[:, :, 0], buf[:, :, -1] = _EMPTY, _EMPTY, _EMPTY, _EMPTY
     if fill_holes:
-        row = torch.minimum(torch.minimum(buf[:, :, :-2], buf[:, :, 1:-1]), buf[:, :, 2:])      # (C, hp, w)
-        near = torch.minimum(torch.minimum(row[:, :-2], row[:, 1:-1]), row[:, 2:])             # (C, h, w)
-        inner = buf[:, 1:-1, 1:-1]
-        inner.copy_(torch.where(inner == _EMPTY, near, inner))
+        # 3x3 minimum on the flat buffer (contiguous shifted slices: ~3x faster than 2-D strided ones): entry k of
+        # `near` is the minimum around flat position k + wp + 1. An image pixel's 3x3 neighbourhood stays inside
+        # its padded image; the ring's own values (wrapped across rows and columns) are never read as pixels
+        f = buf.view(-1)
+        row = torch.minimum(f[:-2], f[1:-1])
+        torch.minimum(row, f[2:], out=row)
+        near = torch.minimum(row[:-2 * wp], row[wp:-wp])
+        torch.minimum(near, row[2 * wp:], out=near)
+        mid = f[wp + 1:f.numel() - wp - 1]
+        mid.copy_(torch.where(mid == _EMPTY, near, mid))
     return buf
 
 
