@@ -205,7 +205,7 @@ def _splat_keys(sources: Sequence["KeyframeDepth"], K: np.ndarray, T_world_cam: 
     Every valid source point is moved into the target camera (``K_t [R | t] X``), rounded to its nearest
     target pixel and written with ``scatter_reduce(amin)`` of its packed (depth, confidence) key: the nearest
     point of a pixel wins, with its confidence. Points behind the camera never land; points outside the
-    image land on the ring, which is cleared afterwards. One source at a time (its points stay in cache).
+    image land on the ring, which is cleared afterwards.
 
     ``fill_holes``: a target pixel on which no point landed takes the nearest point of its 3x3 neighbourhood
     (the splat of a surface seen from farther away or at a slant leaves one-pixel cracks; the nearest, not
@@ -215,24 +215,32 @@ def _splat_keys(sources: Sequence["KeyframeDepth"], K: np.ndarray, T_world_cam: 
     K_t = np.asarray(K, np.float64)
     buf = _workspace((columns, hp, wp))
     buf.fill_(_EMPTY)
-    flat = buf.view(columns, -1)
+    P, pairs, cols, counts = [], [], [], []
     for s, src in enumerate(sources):
         X, pair = _source_points(src, min_confidence, stride)
         if X.shape[1] == 0:
             continue
         M = T_inv @ np.asarray(src.T_world_cam, np.float64)
-        P = torch.addmm(torch.from_numpy((K_t @ M[:3, 3:]).astype(np.float32)),
-                        torch.from_numpy((K_t @ M[:3, :3]).astype(np.float32)), X)
+        P.append(torch.addmm(torch.from_numpy((K_t @ M[:3, 3:]).astype(np.float32)),
+                             torch.from_numpy((K_t @ M[:3, :3]).astype(np.float32)), X))
+        pairs.append(pair)
+        cols.append((first + s) * hp * wp + wp + 1)
+        counts.append(X.shape[1])
+    if P:
+        # all sources at once (at the coarse grid's ~20k points per source, per-op overhead dominates)
+        P = torch.cat(P, 1) if len(P) > 1 else P[0]
         z = P[2]
         uv = P[:2] * z.reciprocal()
         u = uv[0].clamp_(-1.0, float(width)).round_()                # outside the image: onto the ring
         v = uv[1].clamp_(-1.0, float(height)).round_()
-        lin = v.mul_(wp).add_(u).add_(wp + 1).long()                 # exact in float32: < 2**24
+        lin = v.mul_(wp).add_(u).long()                               # exact in float32: < 2**24
+        lin += torch.repeat_interleave(torch.tensor(cols), torch.tensor(counts))   # column + ring offset
         behind = z <= 1e-6
         if bool(behind.any()):
             lin[behind] = 0                                           # a ring pixel: never lands
-        pair[:, 1] = z.view(torch.int32)                              # the high word: depth bits
-        flat[first + s].scatter_reduce_(0, lin, pair.view(torch.int64).view(-1), reduce="amin")  # the z-buffer
+        key = torch.cat(pairs) if len(pairs) > 1 else pairs[0].clone()
+        key[:, 1] = z.view(torch.int32)                               # the high word: depth bits
+        buf.view(-1).scatter_reduce_(0, lin, key.view(torch.int64).view(-1), reduce="amin")   # the z-buffer
     buf[:, 0], buf[:, -1], buf[:, :, 0], buf[:, :, -1] = _EMPTY, _EMPTY, _EMPTY, _EMPTY
     if fill_holes:
         # 3x3 minimum on the flat buffer (contiguous shifted slices: ~3x faster than 2-D strided ones): entry k of
