@@ -3,7 +3,7 @@ confidence thresholds and the multi-view consistency filter, all scored on the s
 
     python benchmarks/bench_video_pipeline.py [--models itermvs-blendedmvs[,patchmatchnet,planesweep,...]]
         [--threads 1] [--online-nmeas 2,4] [--thresholds 0.3,0.7,0.9] [--filter-on a,b] [--frames N]
-        [--no-index] [--no-fusion] [--fusion-window 14] [--json PATH]
+        [--no-index] [--no-fusion] [--fusion-window 14] [--fusion-prior auto|on|off] [--json PATH]
 
 ``--models`` takes the published-weight entries of ``bench_mvs_accuracy.MODELS`` and any ``bench_models.CONFIGS``
 name (``planesweep``; ``dvmvs_pairnet``, ``dvmvs_fusionnet``, ``mvsnet_64``, ``mvdepthnet`` with the conformance
@@ -35,10 +35,13 @@ Rows (``<row>`` ids as printed):
   ``c2`` is the online counterpart of ``a``; ``c4`` (or any N given) has no official index.
 * ``c<N>+fc`` temporal fusion, causal (``core.fusion``; what ``mvs-depth run`` and the node do by default): the
   same pipeline run with ``FusionConfig(mode="causal")`` and the estimator's ``fusion_defaults`` (``c<N>`` is
-  that run's estimator output, ``DepthResult.info["unfused_depth"]``: nothing is fed back to the estimator, so
-  it equals a run without fusion); ``ms`` = median fusion milliseconds per keyframe (``StepResult.fusion_ms``),
-  beside the estimator's in the ``c<N>`` row. ``c<N>+fo``: offline fusion (``fuse_offline``: the keyframes
-  before *and* after each one) of all the keyframes that run made; ``ms`` = mean per keyframe.
+  that run's estimator output, ``DepthResult.info["unfused_depth"]``: unless a prior is on, nothing is fed back
+  to the estimator, so it equals a run without fusion); ``ms`` = median fusion milliseconds per keyframe (``StepResult.fusion_ms``),
+  beside the estimator's in the ``c<N>`` row. Where the fusion feeds the estimator a depth prior
+  (``--fusion-prior``, by default where ``fusion_defaults`` say so: the plane sweep) the estimator's output
+  depends on the fusion, so ``c<N>`` comes from a second run without fusion (and ``ms`` of ``c<N>+fc`` includes
+  the prior's re-projection). ``c<N>+fo``: offline fusion (``fuse_offline``: the keyframes
+  before *and* after each one) of all the keyframes that ``c<N>``'s run made; ``ms`` = mean per keyframe.
   ``--no-fusion`` skips both; ``--no-index`` skips ``a``/``b`` (then the paired lines compare with ``c<N>``).
 * ``d@T`` depth maps of ``a``, filtered = confidence >= T (dense columns repeat ``a``).
 * ``e*`` depth maps of ``a``, multi-view consistency (``recon.consistency.filter_depth_maps``): a pixel is
@@ -113,6 +116,7 @@ class Run:
     ms: List[float]
     notes: List[str] = field(default_factory=list)
     fusion_ms: List[float] = field(default_factory=list)
+    made: list = field(default_factory=list)     # online rows: every keyframe step with depth, in order
 
     @property
     def threshold(self) -> float:
@@ -176,6 +180,7 @@ def run_online(est, frames: Frames, refs: Sequence[str], n_meas: int, width: int
     run = Run([], [], [], [])
     for r in refs:
         _record(run, got[r])
+    run.made = made
     run.notes.append(f"{len(got)}/{len(refs)} reference frames made keyframes ({pipe.counters.keyframes} "
                      f"keyframes from {pipe.counters.frames} frames)")
     off = indices.get(n_meas)
@@ -189,15 +194,25 @@ def run_online(est, frames: Frames, refs: Sequence[str], n_meas: int, width: int
                          f"{np.mean([len(m) for m in run.measurements]):.2f}")
     if fusion.mode == "off":
         return {"": run}
-    raw = Run([replace(r, depth=r.info["unfused_depth"], confidence=r.info["unfused_confidence"], fused=False)
-               for r in run.results], run.frames, run.measurements, [got[r].compute_ms - got[r].fusion_ms for r in refs],
-              run.notes)
+    prior = pipe.fusion.config.prior and est.accepts_prior
     causal = Run(run.results, run.frames, run.measurements, [got[r].fusion_ms for r in refs],
-                 [f"{pipe.counters.fused}/{pipe.counters.predictions} predictions fused"],
+                 [f"{pipe.counters.fused}/{pipe.counters.predictions} predictions fused"
+                  + (" (the fused state fed back to the estimator as a depth prior)" if prior else "")],
                  fusion_ms=[got[r].fusion_ms for r in refs])
+    if prior:
+        # the estimator's output depends on the fusion state: its row (and the offline fusion, which has no
+        # prior) come from a run without fusion
+        raw = run_online(est, frames, refs, n_meas, width, height, indices, replace(fusion, mode="off"))[""]
+        made = raw.made
+        made_raw = [(s.result.depth, s.result.confidence) for s in made]
+    else:
+        raw = Run([replace(r, depth=r.info["unfused_depth"], confidence=r.info["unfused_confidence"], fused=False)
+                   for r in run.results], run.frames, run.measurements,
+                  [got[r].compute_ms - got[r].fusion_ms for r in refs], run.notes)
+        made_raw = [(s.result.info["unfused_depth"], s.result.info["unfused_confidence"]) for s in made]
     t0 = time.perf_counter()
-    off = fuse_offline([KeyframeDepth(s.result.info["unfused_depth"], s.result.info["unfused_confidence"],
-                                      s.result.K, s.frame.T_world_cam) for s in made], replace(pipe.fusion.config, mode="offline"))
+    off = fuse_offline([KeyframeDepth(d, c, s.result.K, s.frame.T_world_cam) for (d, c), s in zip(made_raw, made)],
+                       replace(pipe.fusion.config, mode="offline"))
     off_ms = (time.perf_counter() - t0) * 1e3 / len(made)
     by_name = {_stem(s.frame.name): o for s, o in zip(made, off)}
     offline = Run([replace(r, depth=by_name[n].depth, confidence=by_name[n].confidence) for r, n in
@@ -292,6 +307,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-index", action="store_true", help="skip the official-index rows a and b")
     ap.add_argument("--no-fusion", action="store_true", help="skip the temporal fusion rows c<N>+fc / c<N>+fo")
     ap.add_argument("--fusion-window", type=int, default=FusionConfig.window)
+    ap.add_argument("--fusion-prior", default="auto", choices=("auto", "on", "off"),
+                    help="causal rows: the fused state fed back to the estimator as a depth prior (auto: where the "
+                    "estimator's fusion_defaults say so)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
@@ -318,7 +336,8 @@ def main(argv=None) -> int:
           f"depth {MIN_DEPTH:g}-{MAX_DEPTH:g} m, GT >= {MIN_GT:g} m, {args.threads} thread(s), {args.device}",
           flush=True)
 
-    fusion = None if args.no_fusion else FusionConfig(mode="causal", window=args.fusion_window)
+    fusion = None if args.no_fusion else FusionConfig(mode="causal", window=args.fusion_window,
+                                                      prior={"on": True, "off": False}.get(args.fusion_prior))
     out = {}
     tmp = tempfile.TemporaryDirectory()
     for key in [m.strip() for m in args.models.split(",") if m.strip()]:

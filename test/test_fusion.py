@@ -200,3 +200,71 @@ def test_tracking_loss_resets_the_fusion_state(seq):
     # the first prediction after the reset has nothing to fuse with: the state went with the tracking
     assert after[0].result.fusion_keyframes == 0 and not after[0].result.fused
     assert pipe.counters.fused == pipe.counters.predictions - 2
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_evidence_stride_fuses_like_full_resolution(seq, stride):
+    """The re-projected keyframes' median on a coarser grid: the same outlier rejection and averaging."""
+    rng = np.random.default_rng(5)
+    fusion = TemporalFusion(FusionConfig(window=8, evidence_stride=stride))
+    raw, fused = [], []
+    for f in seq.frames[:12]:
+        noisy = _noisy(f.depth_gt, rng, sigma=0.03, outliers=0.1)
+        out = fusion.step(noisy, np.full_like(noisy, 0.5), f.K, f.T_world_cam)
+        raw.append(np.abs(np.log(noisy / f.depth_gt)))
+        fused.append(np.abs(np.log(out.depth / f.depth_gt)))
+    raw, fused = np.stack(raw[8:]), np.stack(fused[8:])
+    assert np.isfinite(fused).all()
+    assert (fused > 0.3).mean() < 0.015
+    good = raw < 0.1
+    assert np.median(fused[good]) < 0.6 * np.median(raw[good])
+
+
+def test_prior_is_the_last_fused_keyframe_reprojected(seq):
+    fusion = TemporalFusion(FusionConfig(window=4, prior=True, evidence_stride=1))
+    f0, f1 = seq.frames[0], seq.frames[6]
+    assert fusion.prior(f0.K, f0.T_world_cam, H, W) is None
+    out = fusion.step(f0.depth_gt, np.ones((H, W), np.float32), f0.K, f0.T_world_cam)
+    d, c = fusion.prior(f0.K, f0.T_world_cam, H, W)           # same camera: the fused map itself
+    np.testing.assert_allclose(d, out.depth, rtol=1e-5)
+    np.testing.assert_array_equal(c, out.confidence)
+    d, _ = fusion.prior(f1.K, f1.T_world_cam, H, W)           # another camera: its depth where visible
+    ok = np.isfinite(d)
+    assert ok.mean() > 0.6
+    assert np.median(np.abs(d[ok] - f1.depth_gt[ok]) / f1.depth_gt[ok]) < 5e-3
+    assert fusion.prior(f0.K, f0.T_world_cam, H // 2, W // 2) is None   # another size: none
+    fusion.reset()
+    assert fusion.prior(f0.K, f0.T_world_cam, H, W) is None
+    assert TemporalFusion(FusionConfig(window=4)).config.prior is False
+    # on the default 2x coarser evidence grid: each 2x2 cell takes one re-projected point
+    coarse = TemporalFusion(FusionConfig(window=4, prior=True))
+    coarse.step(f0.depth_gt, np.ones((H, W), np.float32), f0.K, f0.T_world_cam)
+    d, _ = coarse.prior(f1.K, f1.T_world_cam, H, W)
+    ok = np.isfinite(d)
+    assert ok.mean() > 0.6 and np.median(np.abs(d[ok] - f1.depth_gt[ok]) / f1.depth_gt[ok]) < 2e-2
+
+
+class PriorOracle(NoisyOracle):
+    """Records the priors the pipeline hands to it."""
+    accepts_prior = True
+
+    def __init__(self):
+        super().__init__()
+        self.priors = []
+
+    def estimate(self, reference, measurements, state=None, prior=None):
+        self.priors.append(prior)
+        return super().estimate(reference, measurements, state)
+
+
+@pytest.mark.parametrize("prior", [True, False])
+def test_pipeline_feeds_the_prior_to_estimators_that_take_it(seq, prior):
+    est = PriorOracle()
+    pipe = VideoPipeline(est, PipelineConfig(width=W, height=H, fusion=FusionConfig(window=6, prior=prior)))
+    for f in seq.frames:
+        pipe.process(f)
+    assert len(est.priors) >= 8 and est.priors[0] is None
+    if prior:
+        assert all(p is not None and p[0].shape == (H, W) and np.isfinite(p[0]).mean() > 0.5 for p in est.priors[1:])
+    else:
+        assert all(p is None for p in est.priors)

@@ -316,3 +316,26 @@ def test_hololens_keyframes_beat_naive_sweep():
     # naive winner-take-all ZNCC sweep: abs_rel 1.04 on these keyframes
     assert d["abs_rel"] < 0.3 and d["a1"] > 0.7, d
     assert f["abs_rel"] < 0.15 and f["coverage"] > 0.4, f
+
+
+def test_depth_prior_narrows_the_sweep_where_matching_cannot_decide(est):
+    """A prior pulls the textureless half (no matching evidence) to its depth, leaves the textured half to the
+    matching, and is ignored at prior_weight 0."""
+    img = texture(2)
+    img[:, W // 2:] = 128
+    ref, meas, gt = plane_scene(d=2.0, ref_image=img)
+    plain = est.estimate(ref, meas)
+    prior_depth = np.full_like(gt, np.nan)
+    prior_depth[:, W // 2:] = 3.0                           # wrong on purpose: only the prior says 3 m there
+    prior = (prior_depth, np.ones_like(gt))
+    np.testing.assert_array_equal(build(device="cpu", prior_weight=0.0).estimate(ref, meas, prior=prior).depth,
+                                  plain.depth)                       # prior_weight 0: ignored
+    res = build(device="cpu", prior_weight=0.5).estimate(ref, meas, prior=prior)
+    assert res.info["prior"] and not plain.info["prior"]
+    right, left = slice(W // 2 + 8, W - 4), slice(8, W // 2 - 8)
+    # (the aggregation still carries the textured half's 2 m some way into it: pulled, not snapped, to 3 m)
+    to_prior = np.median(np.abs(res.depth[4:-4, right] - 3.0) / 3.0)
+    assert to_prior < 0.1 and np.median(np.abs(plain.depth[4:-4, right] - 3.0) / 3.0) > 3 * to_prior
+    assert np.median(rel_err(res.depth[:, left], gt[:, left], border=2)) < 0.02
+    with pytest.raises(ValueError, match="prior"):
+        PlaneSweepConfig(prior_weight=-1.0)

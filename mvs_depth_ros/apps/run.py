@@ -155,12 +155,17 @@ def add_fusion_arguments(group, default: str) -> None:
                        "keyframes only (what the ROS node does), offline = earlier and later ones (recorded data)")
     group.add_argument("--fusion-window", type=int, default=FusionConfig.window,
                        help="keyframes fused into each one (offline: on each side)")
+    group.add_argument("--fusion-prior", default="auto", choices=("auto", "on", "off"),
+                       help="causal fusion: hand the last fused keyframe, re-projected, to the estimator as a depth "
+                       "prior (auto = where the estimator's fusion defaults say so: the plane sweep)")
 
 
 def make_pipeline(estimator, args) -> Tuple[VideoPipeline, FusionConfig]:
     """The video pipeline of ``args`` (size, measurement frames, temporal fusion) and its fusion settings.
     Offline fusion needs the whole sequence: the pipeline then predicts without it (see :func:`run_steps`)."""
-    fusion = FusionConfig(mode=args.temporal_fusion, window=args.fusion_window).resolved(estimator.fusion_defaults)
+    prior = {"on": True, "off": False}.get(getattr(args, "fusion_prior", "auto"))
+    fusion = FusionConfig(mode=args.temporal_fusion, window=args.fusion_window,
+                          prior=prior).resolved(estimator.fusion_defaults)
     pipeline = VideoPipeline(estimator, PipelineConfig(
         width=args.width, height=args.height, n_measurement_frames=args.n_measurement_frames,
         keyframes=KeyframeConfig(), fusion=replace(fusion, mode="off") if fusion.mode == "offline" else fusion))

@@ -5,12 +5,13 @@ last ``history`` keyframes (the video pipeline's recurrent state: reset with it 
 or a change of working size), forward-projects the ``window`` nearest (pose distance) into the new keyframe
 and fuses them with the new prediction per pixel:
 
-1. **Splatting** (:func:`splat_depth`): every valid source pixel is back-projected, moved into the target
-   camera and rounded to its nearest target pixel; a z-buffer (``scatter_reduce(amin)``) keeps the nearest
-   point per target pixel, so an occluded point never overwrites a nearer one; points behind the camera or
-   outside the image are dropped. The winner's confidence travels with it. ``fill_holes`` closes the
-   one-pixel cracks of the splat with the nearest point of the 3x3 neighbourhood. All sources at once, no
-   per-pixel Python.
+1. **Splatting** (:func:`splat_depth`): every valid source pixel is back-projected (once per kept keyframe:
+   the points are cached with it), moved into the target camera and rounded to its nearest target pixel; a
+   z-buffer keeps the nearest point per target pixel, so an occluded point never overwrites a nearer one;
+   points behind the camera or outside the image are dropped. The z-buffer is one ``scatter_reduce(amin)``
+   of int64 keys ``depth bits << 32 | confidence bits`` (positive floats order as integers), so the winner's
+   confidence travels with it. ``fill_holes`` closes the one-pixel cracks of the splat with the nearest
+   point of the 3x3 neighbourhood. No per-pixel Python.
 2. **Robust fusion** (:func:`fuse_candidates`), in inverse depth (the quantity MVS errors are roughly uniform
    in): the candidates of a pixel (the new prediction and the re-projected ones) get weights
    ``confidence ** confidence_power`` (the new prediction's times ``current_weight``); the weighted median
@@ -18,11 +19,18 @@ and fuses them with the new prediction per pixel:
    inliers, the others are rejected, and the fused inverse depth is the inliers' weighted mean: the
    depth-agreement test. ``occlusion_test`` is the visibility test: a re-projected point behind the new
    prediction would be hidden by its surface (or shows through a crack), so it does not vote.
+   With ``evidence_stride`` n (default 2) the re-projected keyframes are splatted (every n-th pixel) and their
+   median taken on an n times coarser grid of the new keyframe, and the new prediction joins each cell's
+   re-projected inliers at full resolution: ~1/n**2 of the work (HoloLens: the same accuracy, see README).
 3. **Confidence** keeps its meaning ("how likely this depth is right"): the fused confidence is the agreement
    of the evidence, ``1 - prod(1 - c_j)`` over the inliers (independent votes), times the inliers' share of
    all the weight (contradiction lowers it). A pixel seen once keeps the estimator's confidence, one
    confirmed by other keyframes rises, one contradicted falls: a confidence threshold still trades coverage
    for accuracy.
+
+**The state feeds the estimator** (``prior``, on where an estimator's ``fusion_defaults`` say so): the last
+fused keyframe re-projected into the new one (:meth:`TemporalFusion.prior`) is handed to estimators with
+``accepts_prior`` (the plane sweep narrows its per-pixel search around it, ``PlaneSweepConfig.prior_weight``).
 
 Causal by default (only past keyframes: what a robot has). :func:`fuse_offline` is the non-causal variant for
 recorded sequences (``mvs-depth run --temporal-fusion offline``): each keyframe with its neighbours before
@@ -34,8 +42,9 @@ Shapes: depth ``(H, W)`` float32 metres, NaN invalid; confidence ``(H, W)`` in [
 from __future__ import annotations
 
 import logging
+import threading
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Deque, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -47,7 +56,8 @@ log = logging.getLogger(__name__)
 
 MODES = ("off", "causal", "offline")
 #: values of the estimator-dependent fields for estimators that do not set them (``fusion_defaults``)
-DEFAULTS: Dict[str, Any] = {"current_weight": 2.0, "min_source_confidence": 0.0, "fill_holes": True, "occlusion_test": False}
+DEFAULTS: Dict[str, Any] = {"current_weight": 2.0, "min_source_confidence": 0.0, "fill_holes": True, "occlusion_test": False,
+                            "prior": False}
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,10 @@ class FusionConfig:
     inlier_rel: float = 0.07        # |1/d_j - 1/d_median| <= inlier_rel / d_median: agrees with the median
     confidence_power: float = 0.5   # candidate weight = confidence ** confidence_power
     min_weight: float = 1e-3        # candidates with less weight are ignored
+    #: the re-projected keyframes are splatted and their robust median taken on a grid this many times coarser
+    #: (every n-th pixel of each kept keyframe into n x n target cells); the new prediction is fused at full
+    #: resolution against them. 1 = everything at full resolution (~4x the time at 2)
+    evidence_stride: int = 2
     # None below = the estimator's choice (``DepthEstimator.fusion_defaults``, filled in by :meth:`resolved`)
     # else :data:`DEFAULTS`:
     current_weight: Optional[float] = None  # weight multiplier of the new prediction against each re-projected one
@@ -67,6 +81,8 @@ class FusionConfig:
     fill_holes: Optional[bool] = None   # one-pixel cracks of the splat take their 3x3 neighbourhood's nearest point
     occlusion_test: Optional[bool] = None   # re-projected depth behind the new prediction (beyond inlier_rel)
                                             # is hidden by its surface: it does not vote
+    prior: Optional[bool] = None    # causal: the last fused keyframe re-projected into the new one is given to
+                                    # the estimator as a depth prior (estimators with ``accepts_prior``)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -77,6 +93,8 @@ class FusionConfig:
             raise ValueError(f"inlier_rel must be > 0, got {self.inlier_rel}")
         if min(self.current_weight or 0, self.confidence_power, self.min_weight, self.min_source_confidence or 0) < 0:
             raise ValueError("current_weight, confidence_power, min_weight and min_source_confidence must be >= 0")
+        if self.evidence_stride < 1:
+            raise ValueError(f"evidence_stride must be >= 1, got {self.evidence_stride}")
         if self.history < 1:
             raise ValueError(f"fusion history must be >= 1, got {self.history}")
 
@@ -98,6 +116,8 @@ class KeyframeDepth:
     confidence: np.ndarray     # (H, W) float32
     K: np.ndarray              # (3, 3)
     T_world_cam: np.ndarray    # (4, 4)
+    #: derived data computed once and re-used for every keyframe it is re-projected into (back-projected points)
+    cache: Dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass
@@ -108,78 +128,206 @@ class FusionOutput:
     support: np.ndarray        # (H, W) int16 inlier candidates per pixel (the new prediction included)
 
 
+_EMPTY = 0x7F800000 << 32          # packed key of "nothing": depth +inf (float32 bits), confidence 0
+_LOW = 0xFFFFFFFF
 _GRIDS: dict = {}
+_WORK = threading.local()
 
 
-def _pixel_grid(h: int, w: int) -> torch.Tensor:
-    """(3, H*W) float32 homogeneous pixel centres ``[u, v, 1]`` (integer coordinates, row-major), cached."""
+def _workspace(shape: Tuple[int, ...]) -> torch.Tensor:
+    """An int64 scratch buffer of ``shape``, kept per thread and re-used from call to call (a fresh ~10 MB
+    buffer per keyframe costs more in page faults than the z-buffer itself)."""
+    buf = getattr(_WORK, "buf", None)
+    if buf is None or tuple(buf.shape) != tuple(shape):
+        buf = _WORK.buf = torch.empty(shape, dtype=torch.int64)
+    return buf
+
+
+def _rays(h: int, w: int) -> np.ndarray:
+    """(3, H*W) float64 homogeneous pixel centres ``[u, v, 1]`` (integer coordinates, row-major), cached."""
     pix = _GRIDS.get((h, w))
     if pix is None:
-        v, u = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
-                              indexing="ij")
-        pix = torch.stack([u.reshape(-1), v.reshape(-1), torch.ones(h * w)])
+        v, u = np.mgrid[0:h, 0:w]
+        pix = np.stack([u.reshape(-1), v.reshape(-1), np.ones(h * w)]).astype(np.float64)
         if len(_GRIDS) > 8:
             _GRIDS.clear()
         _GRIDS[(h, w)] = pix
     return pix
 
 
-def _splat_columns(sources: Sequence[KeyframeDepth], K: np.ndarray, T_world_cam: np.ndarray, height: int,
-                   width: int, first: int, columns: int, min_confidence: float = 0.0, fill_holes: bool = False
-                   ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Z-buffered forward projection of ``sources`` into the target camera, written to the columns
-    ``first + s`` of ``(height * width, columns)`` depth (inf = nothing landed) and confidence buffers.
+def _pack(depth: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
+    """int64 keys ``depth bits << 32 | confidence bits`` (float32, both >= 0): ordered by depth first, so one
+    ``amin`` is a z-buffer that carries the winner's confidence along."""
+    return (depth.view(torch.int32).to(torch.int64) << 32) | confidence.view(torch.int32).to(torch.int64)
+
+
+def _unpack(keys: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(depth, confidence) float32 of packed keys (+inf / 0 where empty)."""
+    return (keys >> 32).to(torch.int32).view(torch.float32), (keys & _LOW).to(torch.int32).view(torch.float32)
+
+
+def _source_points(src: "KeyframeDepth", min_confidence: float, stride: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The source's valid pixels back-projected into its own camera, ``(3, M)`` float32, and a ``(M, 2)``
+    int32 scratch of packed keys whose low words hold their confidence bits (the high words take each
+    target's depth bits): computed once per keyframe (and gate), re-used for every target it is splatted
+    into. ``stride``: every ``stride``-th pixel along each axis only."""
+    key = ("points", float(min_confidence), stride)
+    hit = src.cache.get(key)
+    if hit is not None:
+        return hit
+    h, w = src.depth.shape
+    d = np.asarray(src.depth, np.float32)
+    c = np.nan_to_num(np.clip(np.asarray(src.confidence, np.float32), 0.0, 1.0), nan=0.0)
+    grid = _rays(h, w)
+    if stride > 1:
+        d, c = d[::stride, ::stride], c[::stride, ::stride]
+        grid = grid.reshape(3, h, w)[:, ::stride, ::stride].reshape(3, -1)
+    d, c = d.reshape(-1), c.reshape(-1)
+    ok = np.isfinite(d) & (d > 0)
+    if min_confidence > 0:
+        ok &= c >= min_confidence
+    sel = np.flatnonzero(ok)
+    rays = np.linalg.inv(np.asarray(src.K, np.float64)) @ grid[:, sel]
+    X = torch.from_numpy((rays * d[sel]).astype(np.float32))
+    pair = torch.zeros((sel.size, 2), dtype=torch.int32)
+    pair[:, 0] = torch.from_numpy(c[sel].copy()).view(torch.int32)        # little-endian: the low word
+    src.cache[key] = (X, pair)
+    return X, pair
+
+
+def _splat_keys(sources: Sequence["KeyframeDepth"], K: np.ndarray, T_world_cam: np.ndarray, height: int,
+                width: int, first: int, columns: int, min_confidence: float = 0.0, fill_holes: bool = False,
+                stride: int = 1) -> torch.Tensor:
+    """Z-buffered forward projection of ``sources`` into the target camera: packed keys (:func:`_pack`)
+    ``(columns, height + 2, width + 2)`` (a one-pixel empty ring around each image), source ``s`` in column
+    ``first + s``, :data:`_EMPTY` where nothing landed (and in the other columns).
+
+    Every valid source point is moved into the target camera (``K_t [R | t] X``), rounded to its nearest
+    target pixel and written with ``scatter_reduce(amin)`` of its packed (depth, confidence) key: the nearest
+    point of a pixel wins, with its confidence. Points behind the camera never land; points outside the
+    image land on the ring, which is cleared afterwards.
 
     ``fill_holes``: a target pixel on which no point landed takes the nearest point of its 3x3 neighbourhood
     (the splat of a surface seen from farther away or at a slant leaves one-pixel cracks; the nearest, not
     the farthest, so that the background never shows through the cracks of a foreground surface)."""
-    n_out = height * width * columns
-    dump = n_out                                        # one extra slot takes the points that land nowhere
+    hp, wp = height + 2, width + 2
     T_inv = np.linalg.inv(np.asarray(T_world_cam, np.float64))
     K_t = np.asarray(K, np.float64)
-    groups: dict = {}
+    buf = _workspace((columns, hp, wp))
+    buf.fill_(_EMPTY)
+    P, pairs, cols, counts = [], [], [], []
     for s, src in enumerate(sources):
-        groups.setdefault(src.depth.shape, []).append(s)
-    lin_all, z_all, c_all = [], [], []
-    for (hs, ws), idx in groups.items():
-        d = torch.from_numpy(np.stack([sources[s].depth for s in idx]).reshape(len(idx), -1))
-        c = torch.from_numpy(np.stack([sources[s].confidence for s in idx]).reshape(len(idx), -1))
-        # target pixel coordinates P = K_t (R K_s^-1 [u v 1] d + t): the 3x3 products in float64, points in float32
-        M = [T_inv @ sources[s].T_world_cam for s in idx]
-        A = torch.from_numpy(np.stack([K_t @ m[:3, :3] @ np.linalg.inv(sources[s].K) for m, s in zip(M, idx)]
-                                      ).astype(np.float32))
-        b = torch.from_numpy(np.stack([K_t @ m[:3, 3] for m in M]).astype(np.float32))
-        P = torch.matmul(A, _pixel_grid(hs, ws)) * d[:, None] + b[:, :, None]     # (s, 3, n); NaN depth -> NaN
-        z = P[:, 2]
-        ok = z > 1e-6                                                             # False for NaN
-        if min_confidence > 0:
-            ok &= c >= min_confidence
-        inv_z = 1.0 / torch.where(ok, z, torch.ones_like(z))
-        u = torch.round(P[:, 0] * inv_z)
-        v = torch.round(P[:, 1] * inv_z)
-        ok &= (u >= 0) & (u <= width - 1) & (v >= 0) & (v <= height - 1)
-        col = torch.as_tensor([first + s for s in idx], dtype=torch.float32)[:, None]
-        lin = torch.where(ok, (v * width + u) * columns + col, torch.full_like(u, dump)).long()
-        lin_all.append(lin.reshape(-1))
-        z_all.append(torch.where(ok, z, torch.full_like(z, float("inf"))).reshape(-1))
-        c_all.append(c.reshape(-1))
-    lin, z, c = (torch.cat(x) if len(x) > 1 else x[0] for x in (lin_all, z_all, c_all))
-    out_d = torch.full((n_out + 1,), float("inf"))
-    out_d.scatter_reduce_(0, lin, z, reduce="amin")                               # the z-buffer
-    win = torch.where(z <= out_d[lin], lin, torch.full_like(lin, dump))           # ties: equal depth, any one
-    out_c = torch.zeros(n_out + 1)
-    out_c[win] = c
-    out_d, out_c = out_d[:n_out].reshape(height * width, columns), out_c[:n_out].reshape(height * width, columns)
+        X, pair = _source_points(src, min_confidence, stride)
+        if X.shape[1] == 0:
+            continue
+        M = T_inv @ np.asarray(src.T_world_cam, np.float64)
+        P.append(torch.addmm(torch.from_numpy((K_t @ M[:3, 3:]).astype(np.float32)),
+                             torch.from_numpy((K_t @ M[:3, :3]).astype(np.float32)), X))
+        pairs.append(pair)
+        cols.append((first + s) * hp * wp + wp + 1)
+        counts.append(X.shape[1])
+    if P:
+        # all sources at once (at the coarse grid's ~20k points per source, per-op overhead dominates)
+        P = torch.cat(P, 1) if len(P) > 1 else P[0]
+        z = P[2]
+        uv = P[:2] * z.reciprocal()
+        u = uv[0].clamp_(-1.0, float(width)).round_()                # outside the image: onto the ring
+        v = uv[1].clamp_(-1.0, float(height)).round_()
+        lin = v.mul_(wp).add_(u).long()                               # exact in float32: < 2**24
+        lin += torch.repeat_interleave(torch.tensor(cols), torch.tensor(counts))   # column + ring offset
+        behind = z <= 1e-6
+        if bool(behind.any()):
+            lin[behind] = 0                                           # a ring pixel: never lands
+        key = torch.cat(pairs) if len(pairs) > 1 else pairs[0].clone()
+        key[:, 1] = z.view(torch.int32)                               # the high word: depth bits
+        buf.view(-1).scatter_reduce_(0, lin, key.view(torch.int64).view(-1), reduce="amin")   # the z-buffer
+    buf[:, 0], buf[:, -1], buf[:, :, 0], buf[:, :, -1] = _EMPTY, _EMPTY, _EMPTY, _EMPTY
     if fill_holes:
-        # (H*W, C) is a channels-last (1, C, H, W) image: pooled in place of a transposed copy (2-3x faster)
-        img = out_d.view(1, height, width, columns).permute(0, 3, 1, 2)
-        neg, at = torch.nn.functional.max_pool2d(-img, 3, stride=1, padding=1, return_indices=True)
-        neg = neg.permute(0, 2, 3, 1).reshape(-1, columns)
-        at = at.permute(0, 2, 3, 1).reshape(-1, columns)              # flat pixel index per column
-        hole = torch.isinf(out_d) & torch.isfinite(neg)
-        out_c = torch.where(hole, torch.gather(out_c, 0, at), out_c)
-        out_d = torch.where(hole, -neg, out_d)
-    return out_d, out_c
+        # 3x3 minimum on the flat buffer (contiguous shifted slices: ~3x faster than 2-D strided ones): entry k of
+        # `near` is the minimum around flat position k + wp + 1. An image pixel's 3x3 neighbourhood stays inside
+        # its padded image; the ring's own values (wrapped across rows and columns) are never read as pixels
+        f = buf.view(-1)
+        row = torch.minimum(f[:-2], f[1:-1])
+        torch.minimum(row, f[2:], out=row)
+        near = torch.minimum(row[:-2 * wp], row[wp:-wp])
+        torch.minimum(near, row[2 * wp:], out=near)
+        mid = f[wp + 1:f.numel() - wp - 1]
+        mid.copy_(torch.where(mid == _EMPTY, near, mid))
+    return buf
+
+
+def _merge_network(n: int) -> List[Tuple[int, int]]:
+    """Comparators ``(i, j)``, ``i < j``, of Batcher's odd-even merge sort for ``n`` elements (the network of the
+    next power of two without the comparators that touch the missing, +inf, elements: they never swap)."""
+    hit = _NETWORKS.get(n)
+    if hit is not None:
+        return hit
+    size = 1
+    while size < n:
+        size *= 2
+    pairs = []
+    p = 1
+    while p < size:
+        k = p
+        while k >= 1:
+            for j in range(k % p, size - k, 2 * k):
+                for i in range(min(k, size - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    _NETWORKS[n] = pairs = [(a, b) for a, b in pairs if b < n]
+    return pairs
+
+
+_NETWORKS: dict = {}
+_QMAX = 4095                        # weight quantisation of the median's sort keys (12 bits)
+
+
+def _weighted_median(inv: torch.Tensor, weight: torch.Tensor, max_weight: float) -> torch.Tensor:
+    """Weighted median over the first axis of ``inv`` (>= 0): a sorting network over int32 keys, the inverse
+    depth's float bits (positive floats sort as integers) whose lowest 12 bits are replaced by the weight
+    quantised to 0..4095 (the median is located to 2**-11 relative, far inside any inlier band), then the
+    first cumulative weight >= half of the total (torch.sort of many short rows is ~20x slower)."""
+    bits = inv.view(torch.int32) & ~_QMAX
+    q = (weight * (_QMAX / max_weight)).round_().clamp_(0, _QMAX).to(torch.int32)
+    rows = list((bits | q).unbind(0))
+    for i, j in _merge_network(len(rows)):
+        rows[i], rows[j] = torch.minimum(rows[i], rows[j]), torch.maximum(rows[i], rows[j])
+    cums, cum = [], None
+    for r in rows:
+        cum = (r & _QMAX) if cum is None else cum + (r & _QMAX)
+        cums.append(cum)
+    total = cum                                                                  # exact: integers
+    med = rows[-1]
+    for r, c in zip(rows[-2::-1], cums[-2::-1]):
+        med = torch.where(2 * c >= total, r, med)                                # the first to reach half
+    return (med & ~_QMAX).view(torch.float32)
+
+
+def fuse_candidates(depth: torch.Tensor, weight: torch.Tensor, confidence: torch.Tensor,
+                    inlier_rel: float, max_weight: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Robust per-pixel fusion of ``C`` candidates ``(C, ...)`` (candidates first; depth > 0, +inf = none;
+    weight >= 0, at most ``max_weight``; 0 = none).
+
+    Weighted median in inverse depth -> inliers within ``inlier_rel`` (relative) of it -> weighted mean of
+    the inliers' inverse depth. Returns ``(depth, confidence, inliers)`` of shape ``(...)``; NaN depth and 0
+    confidence where a pixel has no weighted candidate.
+    """
+    inv = depth.reciprocal()                                                    # +inf -> 0
+    med = _weighted_median(inv, weight, max_weight)
+    inl = (inv - med).abs_() <= inlier_rel * med
+    w_in = weight * inl
+    w_in_sum = w_in.sum(0)
+    has = w_in_sum > 0
+    inv_f = (w_in * inv).sum(0) / torch.where(has, w_in_sum, torch.ones_like(w_in_sum))
+    fused = torch.where(has, inv_f.reciprocal(), torch.full_like(inv_f, float("nan")))
+    # confidence: independent votes of the inliers, scaled by their share of all the weight
+    agree = 1.0 - torch.prod(1.0 - confidence * inl, 0)
+    w_sum = weight.sum(0)
+    conf = torch.where(has, agree * w_in_sum / torch.where(has, w_sum, torch.ones_like(w_sum)),
+                       torch.zeros_like(agree))
+    return fused, conf, (w_in > 0).sum(0).to(torch.int16)
 
 
 def splat_depth(sources: Sequence[KeyframeDepth], K: np.ndarray, T_world_cam: np.ndarray,
@@ -193,41 +341,10 @@ def splat_depth(sources: Sequence[KeyframeDepth], K: np.ndarray, T_world_cam: np
     S = len(sources)
     if S == 0:
         return np.empty((0, height, width), np.float32), np.empty((0, height, width), np.float32)
-    d, c = _splat_columns(sources, K, T_world_cam, height, width, 0, S)
-    d = d.T.reshape(S, height, width).numpy().copy()
+    d, c = _unpack(_splat_keys(sources, K, T_world_cam, height, width, 0, S)[:, 1:-1, 1:-1].clone())
+    d = d.numpy()
     d[np.isinf(d)] = np.nan
-    return d, c.T.reshape(S, height, width).numpy().copy()
-
-
-def fuse_candidates(depth: torch.Tensor, weight: torch.Tensor, confidence: torch.Tensor,
-                    inlier_rel: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Robust per-pixel fusion of ``C`` candidates ``(N, C)`` (depth inf/NaN or weight 0 = none).
-
-    Weighted median in inverse depth -> inliers within ``inlier_rel`` (relative) of it -> weighted mean of
-    the inliers' inverse depth. Returns ``(depth (N,), confidence (N,), inliers (N,))``; NaN depth and 0
-    confidence where a pixel has no candidate.
-    """
-    valid = (depth > 0) & (weight > 0) & torch.isfinite(depth)
-    w = torch.where(valid, weight, torch.zeros_like(weight))
-    inv = torch.where(valid, 1.0 / depth, torch.zeros_like(depth))
-    # weighted median: sort by inverse depth, the first cumulative weight >= half of the total
-    inv_s, order = torch.sort(inv, dim=1)
-    cum = torch.cumsum(torch.gather(w, 1, order), 1)
-    total = cum[:, -1:]
-    at = (cum < 0.5 * total).sum(1, keepdim=True).clamp(max=depth.shape[1] - 1)
-    med = torch.gather(inv_s, 1, at)                                              # (N, 1)
-    inl = valid & ((inv - med).abs() <= inlier_rel * med)
-    w_in = torch.where(inl, w, torch.zeros_like(w))
-    w_in_sum = w_in.sum(1)
-    has = w_in_sum > 0
-    w_in_safe = torch.where(has, w_in_sum, torch.ones_like(w_in_sum))
-    inv_f = (w_in * inv).sum(1) / w_in_safe
-    fused = torch.where(has, 1.0 / torch.where(has, inv_f, torch.ones_like(inv_f)), torch.full_like(inv_f, float("nan")))
-    # confidence: independent votes of the inliers, scaled by their share of all the weight
-    agree = 1.0 - torch.prod(torch.where(inl, 1.0 - confidence, torch.ones_like(confidence)), 1)
-    conf = torch.where(has, agree * w_in_sum / torch.where(has, total[:, 0], torch.ones_like(w_in_sum)),
-                       torch.zeros_like(agree))
-    return fused, conf, inl.sum(1).to(torch.int16)
+    return d, c.numpy()
 
 
 def fuse_keyframe(depth: np.ndarray, confidence: np.ndarray, K: np.ndarray, T_world_cam: np.ndarray,
@@ -239,30 +356,88 @@ def fuse_keyframe(depth: np.ndarray, confidence: np.ndarray, K: np.ndarray, T_wo
     confidence = np.clip(np.asarray(confidence, np.float32), 0.0, 1.0)
     if not others:
         return FusionOutput(depth.copy(), confidence.copy(), 0, np.isfinite(depth).astype(np.int16))
+    d_now = torch.from_numpy(depth)
+    c_now = torch.from_numpy(np.nan_to_num(confidence, nan=0.0))
+    now_ok = torch.isfinite(d_now) & (d_now > 0)
+    n = config.evidence_stride
+    hc, wc, K_c = _coarse_grid(K, h, w, n)
     C = len(others) + 1
-    d_all, c_all = _splat_columns(others, K, T_world_cam, h, w, 1, C, config.min_source_confidence,
-                                  config.fill_holes)
-    d_now = torch.from_numpy(depth).reshape(-1)
-    c_now = torch.from_numpy(confidence).reshape(-1)
-    d_all[:, 0] = d_now
-    c_all[:, 0] = c_now
-    wt = c_all ** config.confidence_power if config.confidence_power != 1.0 else c_all.clone()
-    wt[:, 0] *= config.current_weight
-    wt[wt < config.min_weight] = 0.0
+    buf = _splat_keys(others, K_c, T_world_cam, hc, wc, 1, C, config.min_source_confidence, config.fill_holes, n)
+    # the keys' words as float32 (little-endian): [..., 0] confidence, [..., 1] depth (+inf = none)
+    cd = buf.view(torch.int32).view(torch.float32).view(C, hc + 2, wc + 2, 2)[:, 1:-1, 1:-1]
+    d0, c0, ok0 = d_now[::n, ::n], c_now[::n, ::n], now_ok[::n, ::n]          # the new prediction on the grid
+    cd[0, ..., 1] = torch.where(ok0, d0, float("inf"))                          # column 0
+    cd[0, ..., 0] = torch.where(ok0, c0, 0.0)
+    d_all, c_all = cd[..., 1].contiguous(), cd[..., 0].contiguous()          # de-interleaved: vectorised ops
+    contributed = int((d_all[1:] < float("inf")).flatten(1).any(1).sum())
+    wt = _weights(c_all, config)
+    wt[0] *= config.current_weight
     if config.occlusion_test:
         # visibility: a re-projected point farther than the new prediction would be hidden behind its surface
         # (or shows through a hole of the splat): no evidence against it. One in front of it contradicts it.
-        now_ok = (wt[:, :1] > 0) & torch.isfinite(d_now)[:, None]
-        behind = now_ok & (d_all[:, 1:] * (1.0 - config.inlier_rel) > d_now[:, None])
-        wt[:, 1:][behind] = 0.0
-    fused, conf, support = fuse_candidates(d_all, wt, c_all, config.inlier_rel)
+        behind = (d_all[1:] * (1.0 - config.inlier_rel) > d0) & (wt[0] > 0)
+        wt[1:].masked_fill_(behind, 0.0)
+    max_w = max(config.current_weight, 1.0)
+    if n == 1:
+        fused, conf, support = fuse_candidates(d_all, wt, c_all, config.inlier_rel, max_w)
+    else:
+        # the robust centre of each cell (the new prediction's sample and the re-projected keyframes), then the
+        # full-resolution prediction joins the cell's re-projected inliers: the same weighted inlier mean and
+        # confidence as fuse_candidates, the new prediction at every pixel instead of one sample per cell
+        inv = d_all.reciprocal()                                                # +inf -> 0
+        med = _weighted_median(inv, wt, max_w)
+        inl = (inv[1:] - med).abs_() <= config.inlier_rel * med
+        w_in = wt[1:] * inl
+
+        def up(x: torch.Tensor) -> torch.Tensor:
+            return _upsample(x, n, h, w)
+
+        med, s_w, s_wi = up(med), up(w_in.sum(0)), up((w_in * inv[1:]).sum(0))
+        p_out, w_src, n_in = up(torch.prod(1.0 - c_all[1:] * inl, 0)), up(wt[1:].sum(0)), up((w_in > 0).sum(0))
+        w0 = _weights(c_now, config) * config.current_weight
+        inv0 = torch.where(now_ok, d_now.reciprocal(), torch.zeros_like(d_now))
+        in0 = now_ok & ((inv0 - med).abs_() <= config.inlier_rel * med) & (w0 > 0)
+        w0_in = w0 * in0
+        w_in_sum = s_w + w0_in
+        has = w_in_sum > 0
+        inv_f = (s_wi + w0_in * inv0) / torch.where(has, w_in_sum, torch.ones_like(w_in_sum))
+        fused = torch.where(has, inv_f.reciprocal(), torch.full_like(inv_f, float("nan")))
+        agree = 1.0 - p_out * (1.0 - c_now * in0)
+        total = w_src + w0
+        conf = torch.where(has, agree * w_in_sum / torch.where(has, total, torch.ones_like(total)),
+                           torch.zeros_like(agree))
+        support = (n_in + in0).to(torch.int16)
     # the new prediction is never dropped: where no candidate has weight, it passes through
-    keep_now = torch.isnan(fused) & torch.isfinite(d_now)
+    keep_now = torch.isnan(fused) & now_ok
     fused = torch.where(keep_now, d_now, fused)
     conf = torch.where(keep_now, c_now, conf)
-    contributed = int(torch.isfinite(d_all[:, 1:]).any(0).sum())
-    return FusionOutput(fused.reshape(h, w).numpy(), conf.reshape(h, w).numpy(), contributed,
-                        support.reshape(h, w).numpy())
+    return FusionOutput(fused.numpy(), conf.numpy(), contributed, support.numpy())
+
+
+def _coarse_grid(K: np.ndarray, h: int, w: int, n: int) -> Tuple[int, int, np.ndarray]:
+    """Size and intrinsics of the n times coarser grid whose cell (i, j) holds the full-resolution pixels
+    n*i .. n*i + n - 1 (rows) and n*j .. n*j + n - 1 (columns)."""
+    K_c = np.array(K, np.float64, copy=True)
+    if n > 1:
+        K_c[:2, :2] /= n
+        K_c[:2, 2] = (K_c[:2, 2] - (n - 1) / 2) / n
+    return -(-h // n), -(-w // n), K_c
+
+
+def _upsample(x: torch.Tensor, n: int, h: int, w: int) -> torch.Tensor:
+    """A coarse-grid map back to ``(h, w)``: each cell's value on its n x n pixels."""
+    if n == 1:
+        return x
+    hc, wc = x.shape
+    return x[:, None, :, None].expand(hc, n, wc, n).reshape(hc * n, wc * n)[:h, :w]
+
+
+def _weights(confidence: torch.Tensor, config: FusionConfig) -> torch.Tensor:
+    """Candidate weights ``confidence ** confidence_power``, 0 below ``min_weight``."""
+    wt = confidence.sqrt() if config.confidence_power == 0.5 else confidence ** config.confidence_power
+    if config.min_weight > 0:
+        wt.mul_(wt >= config.min_weight)
+    return wt
 
 
 class TemporalFusion:
@@ -272,6 +447,7 @@ class TemporalFusion:
         self.config = config = config.resolved()
         self._history: Deque[KeyframeDepth] = deque(maxlen=max(config.history, config.window))
         self._shape: Optional[Tuple[int, int]] = None
+        self._last: Optional[KeyframeDepth] = None       # the last fused output (for :meth:`prior`)
 
     def __len__(self) -> int:
         return len(self._history)
@@ -279,6 +455,21 @@ class TemporalFusion:
     def reset(self) -> None:
         self._history.clear()
         self._shape = None
+        self._last = None
+
+    def prior(self, K: np.ndarray, T_world_cam: np.ndarray, height: int, width: int
+              ) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+        """The last keyframe's fused depth and confidence re-projected into a new keyframe (z-buffered, cracks
+        filled; on the ``evidence_stride`` grid, each cell's value on its pixels), ``(depth (H, W) NaN = none,
+        confidence)``: a prior for the estimator. None without state or after a change of size."""
+        last = self._last
+        if last is None or last.depth.shape != (height, width):
+            return None
+        n = self.config.evidence_stride                  # on the evidence grid (an estimator's cost volume is
+        hc, wc, K_c = _coarse_grid(K, height, width, n)  # coarser still: the plane sweep's is half)
+        d, c = _unpack(_splat_keys([last], K_c, T_world_cam, hc, wc, 0, 1, 0.0, True, n)[0, 1:-1, 1:-1])
+        d = torch.where(torch.isinf(d), float("nan"), d)
+        return _upsample(d, n, height, width).numpy(), _upsample(c, n, height, width).numpy()
 
     def _nearest(self, T_world_cam: np.ndarray) -> List[KeyframeDepth]:
         """The ``window`` kept keyframes nearest to the new pose (DeepVideoMVS' pose distance)."""
@@ -299,6 +490,8 @@ class TemporalFusion:
         self._history.append(KeyframeDepth(np.asarray(depth, np.float32), np.asarray(confidence, np.float32),
                                            np.asarray(K, np.float64), np.asarray(T_world_cam, np.float64)))
         self._shape = depth.shape
+        self._last = KeyframeDepth(out.depth, out.confidence, np.asarray(K, np.float64),
+                                   np.asarray(T_world_cam, np.float64)) if self.config.prior else None
         return out
 
 

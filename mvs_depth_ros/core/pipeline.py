@@ -135,12 +135,19 @@ class VideoPipeline:
         if not step.measurements:
             return
         t0 = time.perf_counter()
-        result = self.estimator.estimate(step.frame, step.measurements, self.state)
+        kwargs = {}
+        if self.config.fusion.mode == "causal" and self.fusion.config.prior and self.estimator.accepts_prior:
+            # the fusion state feeds the estimator: the last fused keyframe re-projected into this one
+            prior = self.fusion.prior(step.frame.K, step.frame.T_world_cam, step.frame.height, step.frame.width)
+            if prior is not None:
+                kwargs["prior"] = prior
+        prior_ms = (time.perf_counter() - t0) * 1e3
+        result = self.estimator.estimate(step.frame, step.measurements, self.state, **kwargs)
         self.state = result.state
         if self.config.fusion.mode == "causal":
             t1 = time.perf_counter()
             result = self._fuse(result, step.frame.T_world_cam)
-            step.fusion_ms = (time.perf_counter() - t1) * 1e3
+            step.fusion_ms = (time.perf_counter() - t1) * 1e3 + prior_ms
         step.compute_ms = (time.perf_counter() - t0) * 1e3
         step.result = result
         self.counters.predictions += 1

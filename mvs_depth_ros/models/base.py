@@ -55,6 +55,9 @@ class DepthEstimator(abc.ABC):
     preferred_measurement_frames: Optional[int] = None
     #: the estimator-dependent settings of the temporal fusion (``core.fusion.DEFAULTS`` keys) that differ for it
     fusion_defaults: Dict[str, Any] = {}
+    #: True when :meth:`estimate` takes ``prior=(depth, confidence)``: the temporal fusion's state re-projected
+    #: into the reference (``core.fusion.TemporalFusion.prior``; NaN depth / 0 confidence = none)
+    accepts_prior: bool = False
 
     def __init__(self, device: str = "auto", min_depth: float = 0.25, max_depth: float = 20.0):
         if not (0 < min_depth < max_depth):
