@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ..core.frame import DepthResult, Frame
 from .base import DepthEstimator
+from .compiled import CompiledCall, resolve_compile
 from .checkpoints import extract_state_dict, load_checkpoint, load_state_dict_strict
 from .mvs_common import check_frames
 from .mvsnet import window_confidence
@@ -247,7 +248,7 @@ class MVDepthNetEstimator(DepthEstimator):
     preferred_measurement_frames = 1
 
     def __init__(self, model: MVDepthNet, device: str = "auto", min_depth: float = 0.25, max_depth: float = 20.0,
-                 channel_order: str = "rgb", confidence_temperature: float = 0.2):
+                 channel_order: str = "rgb", confidence_temperature: float = 0.2, compile: Any = "auto"):
         super().__init__(device=device, min_depth=min_depth, max_depth=max_depth)
         if channel_order not in ("rgb", "bgr"):
             raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
@@ -256,6 +257,9 @@ class MVDepthNetEstimator(DepthEstimator):
         self.model = model.to(self.device).eval()
         self.channel_order = channel_order
         self.temperature = float(confidence_temperature)
+        use = resolve_compile(compile, self.device)
+        self._cost_volume = CompiledCall(self.model.cost_volume, "MVDepthNet cost volume", use)
+        self._forward_volume = CompiledCall(self.model.forward_volume, "MVDepthNet", use)
 
     def _images(self, frames: Sequence[Frame]) -> torch.Tensor:
         """``(V, 3, H, W)`` normalised network input, C-contiguous, in the configured channel order."""
@@ -291,8 +295,8 @@ class MVDepthNetEstimator(DepthEstimator):
         ref_to_src = np.stack([np.linalg.inv(f.T_world_cam) @ T_ref for f in frames[1:]])
         KRKiUV, KT = pair_rays(K, torch.from_numpy(ref_to_src).to(self.device), H, W)
         left = imgs[:1]
-        cost = self.model.cost_volume(left, imgs[None, 1:], KRKiUV[None], KT[None])     # (1, 64, H, W)
-        disp = self.model.forward_volume(left, cost)[0]                                  # (1, 1, H, W)
+        cost = self._cost_volume(left, imgs[None, 1:], KRKiUV[None], KT[None])     # (1, 64, H, W)
+        disp = self._forward_volume(left, cost)[0]                                  # (1, 1, H, W)
         conf = self.confidence(cost, disp, KRKiUV, KT)
         disp_np = disp[0, 0].float().cpu().numpy()
         conf_np = conf.float().clamp(0.0, 1.0).cpu().numpy()

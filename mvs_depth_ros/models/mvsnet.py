@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from ..core.frame import DepthResult, Frame
 from .base import DepthEstimator
+from .compiled import CompiledCall, resolve_compile
 from .checkpoints import extract_state_dict, load_checkpoint, load_state_dict_strict
 from .mvs_common import ConvBnReLU, ConvBnReLU3D, LRUCache, check_frames, normalize_and_resize, world_to_camera
 from .warping import project_depth_hypotheses, relative_projection
@@ -332,7 +333,7 @@ class MVSNetEstimator(DepthEstimator):
     preferred_measurement_frames = 3
 
     def __init__(self, model: MVSNet, device: str = "auto", min_depth: float = 0.25, max_depth: float = 20.0,
-                 n_planes: int = 192, full_resolution: bool = True, feature_cache: int = 8):
+                 n_planes: int = 192, full_resolution: bool = True, feature_cache: int = 8, compile: Any = "auto"):
         super().__init__(device=device, min_depth=min_depth, max_depth=max_depth)
         if n_planes < 8 or n_planes % 8:
             raise ValueError(f"MVSNet needs n_planes to be a positive multiple of 8 (3-D U-Net), got {n_planes}")
@@ -343,6 +344,9 @@ class MVSNetEstimator(DepthEstimator):
         dv = self.min_depth + interval * np.arange(self.n_planes, dtype=np.float64)
         self.depth_values = torch.from_numpy(dv.astype(np.float32)).to(self.device)[None]  # (1, D)
         self.cache = LRUCache(feature_cache)
+        use = resolve_compile(compile, self.device)
+        self._feature = CompiledCall(self.model.feature, "MVSNet feature net", use)
+        self._forward_features = CompiledCall(self.model.forward_features, "MVSNet", use)
 
     def _image(self, frame: Frame) -> torch.Tensor:
         """``(1, 3, H, W)`` RGB / 255 float32, C-contiguous (the official eval loader's values)."""
@@ -351,7 +355,7 @@ class MVSNetEstimator(DepthEstimator):
 
     def _features(self, frame: Frame) -> torch.Tensor:
         """``(32, H/4, W/4)`` FeatureNet output, cached by ``Frame.uid``."""
-        return self.cache.get_or_compute(frame.uid, lambda: self.model.feature(self._image(frame))[0])
+        return self.cache.get_or_compute(frame.uid, lambda: self._feature(self._image(frame))[0])
 
     @torch.inference_mode()
     def estimate(self, reference: Frame, measurements: Sequence[Frame], state=None) -> DepthResult:
@@ -361,7 +365,7 @@ class MVSNetEstimator(DepthEstimator):
         feats = torch.stack([self._features(f) for f in frames])                        # (V, 32, h, w)
         P = feature_projection_matrices(np.stack([f.K for f in frames]), np.stack([f.T_world_cam for f in frames]))
         proj = torch.from_numpy(P).to(self.device)[None]                                # float64 homography
-        out = self.model.forward_features(feats[None], proj, self.depth_values)
+        out = self._forward_features(feats[None], proj, self.depth_values)
         depth = out["depth"]
         if self.model.refine:
             depth = self.model.refine_depth(self._image(reference), depth, self.depth_values)
