@@ -468,9 +468,10 @@ class IterMVSEstimator(DepthEstimator):
         conf = np.clip(np.nan_to_num(conf, nan=0.0), 0.0, 1.0).astype(np.float32)
         return DepthResult(depth=depth, confidence=conf, K=reference.K.copy(), state=state,
                            info={"model": self.name, "ms": (time.perf_counter() - t0) * 1e3,
-                                 "cache_hits": self.cache.hits})
+                                 "cache_hits": self.cache.hits, "compile": self._core.describe()})
 
 
 def build(checkpoint: Optional[str] = None, device: str = "auto", **options) -> IterMVSEstimator:
-    """Registry builder: ``options`` = ``min_depth``, ``max_depth``, ``iterations`` (4), ``feature_cache`` (16)."""
+    """Registry builder: ``options`` = ``min_depth``, ``max_depth``, ``iterations`` (4), ``feature_cache`` (16),
+    ``compile`` ("auto": torch.compile on CPU, see ``models/compiled.py``)."""
     return IterMVSEstimator(checkpoint=checkpoint, device=device, **options)

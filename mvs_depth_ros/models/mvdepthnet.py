@@ -307,13 +307,14 @@ class MVDepthNetEstimator(DepthEstimator):
         conf_np[bad] = 0.0
         return DepthResult(depth=depth, confidence=conf_np.astype(np.float32), K=reference.K.copy(), state=state,
                            info={"model": self.name, "n_sources": len(measurements),
-                                 "ms": 1000.0 * (time.perf_counter() - t0)})
+                                 "ms": 1000.0 * (time.perf_counter() - t0),
+                                 "compile": self._forward_volume.describe()})
 
 
 def build(checkpoint: Optional[str] = None, device: str = "auto", **options) -> MVDepthNetEstimator:
     """Registry builder. ``checkpoint``: the released ``opensource_model.pth.tar`` or a compatible state dict
     (required). Options: ``min_depth``, ``max_depth``, ``channel_order`` ('rgb'), ``align_corners`` (True),
-    ``confidence_temperature`` (0.2)."""
+    ``confidence_temperature`` (0.2), ``compile`` ("auto": torch.compile on CPU, see ``models/compiled.py``)."""
     if not checkpoint:
         raise ValueError("mvdepthnet needs a checkpoint "
                          "(the released opensource_model.pth.tar or a compatible state dict)")

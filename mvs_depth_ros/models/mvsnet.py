@@ -382,13 +382,15 @@ class MVSNetEstimator(DepthEstimator):
         conf_np[bad] = 0.0
         return DepthResult(depth=depth_np.astype(np.float32), confidence=conf_np.astype(np.float32), K=K, state=state,
                            info={"model": self.name, "n_planes": self.n_planes, "n_views": len(frames),
-                                 "ms": 1000.0 * (time.perf_counter() - t0)})
+                                 "ms": 1000.0 * (time.perf_counter() - t0),
+                                 "compile": self._forward_features.describe()})
 
 
 def build(checkpoint: Optional[str] = None, device: str = "auto", **options) -> MVSNetEstimator:
     """Registry builder. ``checkpoint``: official MVSNet checkpoint (required). Options: ``min_depth``,
     ``max_depth``, ``n_planes`` (192 official; 128/64 for speed), ``align_corners`` (True), ``refine`` (auto from the
-    checkpoint), ``full_resolution`` (True), ``feature_cache`` (8)."""
+    checkpoint), ``full_resolution`` (True), ``feature_cache`` (8), ``compile`` ("auto": torch.compile on CPU,
+    see ``models/compiled.py``)."""
     if not checkpoint:
         raise ValueError("mvsnet needs a checkpoint (the official model_000014.ckpt or a compatible state dict)")
     model = load_mvsnet(checkpoint, refine=options.pop("refine", None),

@@ -508,10 +508,11 @@ class PatchmatchNetEstimator(DepthEstimator):
         conf = np.clip(np.nan_to_num(conf, nan=0.0), 0.0, 1.0).astype(np.float32)
         return DepthResult(depth=depth, confidence=conf, K=reference.K.copy(), state=state,
                            info={"model": self.name, "ms": (time.perf_counter() - t0) * 1e3,
-                                 "cache_hits": self.cache.hits})
+                                 "cache_hits": self.cache.hits, "compile": self._run.describe()})
 
 
 def build(checkpoint: Optional[str] = None, device: str = "auto", **options) -> PatchmatchNetEstimator:
     """Registry builder: ``options`` = ``min_depth``, ``max_depth``, ``seed`` (0; None = global RNG),
-    ``feature_cache`` (16) and the official config keys (``patchmatch_iteration`` etc.)."""
+    ``feature_cache`` (16), ``compile`` ("auto": torch.compile on CPU, see ``models/compiled.py``) and the official
+    config keys (``patchmatch_iteration`` etc.)."""
     return PatchmatchNetEstimator(checkpoint=checkpoint, device=device, **options)

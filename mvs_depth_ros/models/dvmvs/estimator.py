@@ -150,9 +150,12 @@ class DVMVSEstimator(DepthEstimator):
                            state=out.state if self.recurrent else None,
                            info={"model": self.name, "ms": (time.perf_counter() - t0) * 1e3,
                                  "n_measurements": len(measurements),
-                                 "mean_coverage": float(out.coverage.mean())})
+                                 "mean_coverage": float(out.coverage.mean()),
+                                 "compile": self._net_step.describe()})
 
 
+# options of both builders: min_depth, max_depth, cache_size (30), compile ("auto": torch.compile on CPU, see
+# models/compiled.py)
 def _build(fusion: bool, checkpoint: Optional[str], device: str, **options) -> DVMVSEstimator:
     net = DVMVSNet(fusion=fusion)
     if checkpoint is None:
