@@ -75,7 +75,7 @@ class CompiledCall:
             return self._compiled(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - any compiler failure falls back to the eager code
             out = self.fn(*args, **kwargs)    # an error of the inputs themselves is raised here, compile stays on
-            self.fallback = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            self.fallback = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
             log.warning("torch.compile of %s failed (%s): running it eagerly from now on", self.name, self.fallback)
             return out
 
