@@ -257,7 +257,9 @@ class MVDepthNetEstimator(DepthEstimator):
         self.model = model.to(self.device).eval()
         self.channel_order = channel_order
         self.temperature = float(confidence_temperature)
-        use = resolve_compile(compile, self.device)
+        # "auto" stays eager: not measured (its time is mostly full-resolution convolutions, which compiling
+        # leaves to the same oneDNN kernels); compile=True forces it
+        use = resolve_compile(compile, self.device, pays_on_cpu=False)
         self._cost_volume = CompiledCall(self.model.cost_volume, "MVDepthNet cost volume", use)
         self._forward_volume = CompiledCall(self.model.forward_volume, "MVDepthNet", use)
 
@@ -314,7 +316,7 @@ class MVDepthNetEstimator(DepthEstimator):
 def build(checkpoint: Optional[str] = None, device: str = "auto", **options) -> MVDepthNetEstimator:
     """Registry builder. ``checkpoint``: the released ``opensource_model.pth.tar`` or a compatible state dict
     (required). Options: ``min_depth``, ``max_depth``, ``channel_order`` ('rgb'), ``align_corners`` (True),
-    ``confidence_temperature`` (0.2), ``compile`` ("auto": torch.compile on CPU, see ``models/compiled.py``)."""
+    ``confidence_temperature`` (0.2), ``compile`` ("auto": eager; true: torch.compile, see ``models/compiled.py``)."""
     if not checkpoint:
         raise ValueError("mvdepthnet needs a checkpoint "
                          "(the released opensource_model.pth.tar or a compatible state dict)")

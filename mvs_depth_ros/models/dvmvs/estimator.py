@@ -68,7 +68,9 @@ class DVMVSEstimator(DepthEstimator):
         self.name = "dvmvs_fusionnet" if net.fusion else "dvmvs_pairnet"
         self.cache_size = int(cache_size)
         self._cache: "OrderedDict[int, torch.Tensor]" = OrderedDict()
-        use = resolve_compile(compile, self.device)
+        # "auto" stays eager: compiling step() (64 planes x sources unrolled) took over 15 min on a loaded 2-vCPU
+        # machine without finishing, so it is not known to pay off; compile=True forces it
+        use = resolve_compile(compile, self.device, pays_on_cpu=False)
         self._net_features = CompiledCall(self.net.features, f"DVMVS {self.name} features", use)
         self._net_step = CompiledCall(self.net.step, f"DVMVS {self.name}", use)
 
@@ -154,7 +156,7 @@ class DVMVSEstimator(DepthEstimator):
                                  "compile": self._net_step.describe()})
 
 
-# options of both builders: min_depth, max_depth, cache_size (30), compile ("auto": torch.compile on CPU, see
+# options of both builders: min_depth, max_depth, cache_size (30), compile ("auto": eager; true: torch.compile, see
 # models/compiled.py)
 def _build(fusion: bool, checkpoint: Optional[str], device: str, **options) -> DVMVSEstimator:
     net = DVMVSNet(fusion=fusion)
