@@ -51,8 +51,12 @@ def homogeneous_pixel_grid(height: int, width: int, grid_scale: Tuple[float, flo
                            device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Homogeneous pixel coordinates ``(3, H*W)``, row-major, ``(x * sx, y * sy, 1)``.
 
-    Cached per (size, scale, device, dtype): treat the result as read-only.
+    Cached per (size, scale, device, dtype): treat the result as read-only. Under ``torch.compile`` the grid is
+    built inside the graph (a constant there; dynamo would bypass the cache anyway, with a warning).
     """
+    if torch.compiler.is_compiling():
+        return _pixel_grid_cached.__wrapped__(int(height), int(width), float(grid_scale[0]), float(grid_scale[1]),
+                                              str(torch.device(device)), dtype)
     return _pixel_grid_cached(int(height), int(width), float(grid_scale[0]), float(grid_scale[1]),
                               str(torch.device(device)), dtype)
 
