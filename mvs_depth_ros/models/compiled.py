@@ -7,9 +7,14 @@ starts faster) and reports how long that took; if compilation fails for any reas
 why once, and stays eager. Results equal the eager ones within floating-point reassociation (~1e-6 relative),
 which the conformance tests' tolerances cover (``test/test_compiled.py``).
 
-The option (``compile`` on every learned estimator): ``"auto"`` (default) compiles on CPU where it was measured to
-pay off and runs eagerly elsewhere; ``True``/``False`` force it. The environment variable ``MVS_DEPTH_COMPILE=0``
-turns ``"auto"`` off everywhere (e.g. for short-lived processes that would not earn back the compile time).
+The option (``compile`` on every learned estimator): ``"auto"`` (default) compiles on CPU for the models where it was
+measured to pay off per keyframe (IterMVS, PatchmatchNet, MVSNet) and runs eagerly elsewhere (DVMVS, MVDepthNet, any
+GPU); ``True``/``False`` force it. The environment variable ``MVS_DEPTH_COMPILE=0`` turns ``"auto"`` off everywhere.
+
+The price is the first call: on a 2-vCPU machine it took 4-8 minutes for IterMVS under heavy load (2026-12-07),
+and torch's on-disk caches did not shorten it much in a second process. A long-running node earns that back (about
+0.2 s per keyframe saved there); a short offline run over a few hundred keyframes does not: pass
+``--model-option compile=false`` (or set ``MVS_DEPTH_COMPILE=0``) for those.
 """
 from __future__ import annotations
 
