@@ -118,6 +118,22 @@ class FeatureNet(nn.Module):
         return self.feature(x)
 
 
+def _conv3d(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)``; on CPU without autograd, oneDNN's kernel is called directly: for the U-Net's smaller volumes
+    PyTorch's dispatch picks its reference kernel (``slow_conv3d``), which was 3-17x slower on a 2-vCPU AMD EPYC
+    (torch 2.13); the two agree to ~3e-6 (float reassociation)."""
+    if (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple) and torch.backends.mkldnn.is_available()):
+        return torch.mkldnn_convolution(x.contiguous(), conv.weight, conv.bias, list(conv.padding), list(conv.stride),
+                                        list(conv.dilation), conv.groups)
+    return conv(x)
+
+
+def _cbr3d(block: ConvBnReLU3D, x: torch.Tensor) -> torch.Tensor:
+    """``block(x)`` with the convolution through :func:`_conv3d`."""
+    return F.relu(block.bn(_conv3d(block.conv, x)), inplace=True)
+
+
 class CostRegNet(nn.Module):
     """3-D U-Net: ``(B, 32, D, h, w)`` cost volume -> ``(B, 1, D, h, w)`` logits. ``D, h, w`` divisible by 8.
 
@@ -139,14 +155,14 @@ class CostRegNet(nn.Module):
         self.prob = nn.Conv3d(8, 1, 3, stride=1, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv0 = self.conv0(x)
-        conv2 = self.conv2(self.conv1(conv0))
-        conv4 = self.conv4(self.conv3(conv2))
-        x = self.conv6(self.conv5(conv4))
+        conv0 = _cbr3d(self.conv0, x)
+        conv2 = _cbr3d(self.conv2, _cbr3d(self.conv1, conv0))
+        conv4 = _cbr3d(self.conv4, _cbr3d(self.conv3, conv2))
+        x = _cbr3d(self.conv6, _cbr3d(self.conv5, conv4))
         x = conv4 + self.conv7(x)
         x = conv2 + self.conv9(x)
         x = conv0 + self.conv11(x)
-        return self.prob(x)
+        return _conv3d(self.prob, x)
 
 
 class RefineNet(nn.Module):
@@ -344,7 +360,9 @@ class MVSNetEstimator(DepthEstimator):
         dv = self.min_depth + interval * np.arange(self.n_planes, dtype=np.float64)
         self.depth_values = torch.from_numpy(dv.astype(np.float32)).to(self.device)[None]  # (1, D)
         self.cache = LRUCache(feature_cache)
-        use = resolve_compile(compile, self.device)
+        # "auto" stays eager: compiled, MVSNet (64 planes) was no faster (new/old 1.02 on a loaded 2-vCPU AMD EPYC,
+        # its time being the 3-D convolutions); compile=True forces it
+        use = resolve_compile(compile, self.device, pays_on_cpu=False)
         self._feature = CompiledCall(self.model.feature, "MVSNet feature net", use)
         self._forward_features = CompiledCall(self.model.forward_features, "MVSNet", use)
 
@@ -389,7 +407,7 @@ class MVSNetEstimator(DepthEstimator):
 def build(checkpoint: Optional[str] = None, device: str = "auto", **options) -> MVSNetEstimator:
     """Registry builder. ``checkpoint``: official MVSNet checkpoint (required). Options: ``min_depth``,
     ``max_depth``, ``n_planes`` (192 official; 128/64 for speed), ``align_corners`` (True), ``refine`` (auto from the
-    checkpoint), ``full_resolution`` (True), ``feature_cache`` (8), ``compile`` ("auto": torch.compile on CPU,
+    checkpoint), ``full_resolution`` (True), ``feature_cache`` (8), ``compile`` ("auto": eager; true: torch.compile,
     see ``models/compiled.py``)."""
     if not checkpoint:
         raise ValueError("mvsnet needs a checkpoint (the official model_000014.ckpt or a compatible state dict)")
