@@ -63,7 +63,8 @@ def test_disabled_is_the_plain_function():
 
 def _close(a, b, atol, outlier_frac=0.0, rtol=0.0):
     bad = np.abs(np.asarray(a, np.float64) - b) > atol + rtol * np.abs(b)
-    assert bad.mean() <= outlier_frac, f"{bad.sum()} of {bad.size} values off by > {atol} (max {np.abs(a - b).max():.3g})"
+    worst = np.abs(a - b).max()
+    assert bad.mean() <= outlier_frac, f"{bad.sum()} of {bad.size} values off by > {atol} (max {worst:.3g})"
 
 
 def _fixture_frames(golden, float_resize: bool):

@@ -9,7 +9,8 @@ which the conformance tests' tolerances cover (``test/test_compiled.py``).
 
 The option (``compile`` on every learned estimator): ``"auto"`` (default) compiles on CPU for the models where it was
 measured to pay off per keyframe (IterMVS, PatchmatchNet) and runs eagerly elsewhere (MVSNet: measured no faster;
-DVMVS, MVDepthNet: not measured; any GPU); ``True``/``False`` force it. The environment variable ``MVS_DEPTH_COMPILE=0`` turns ``"auto"`` off everywhere.
+DVMVS, MVDepthNet: not measured; any GPU); ``True``/``False`` force it. The environment variable
+``MVS_DEPTH_COMPILE=0`` turns ``"auto"`` off everywhere.
 
 The price is the first call: on a 2-vCPU machine it took 4-8 minutes for IterMVS under heavy load (2026-12-07),
 and torch's on-disk caches did not shorten it much in a second process. A long-running node earns that back (about

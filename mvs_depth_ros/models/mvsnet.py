@@ -120,7 +120,8 @@ class FeatureNet(nn.Module):
 
 def _onednn_ok(conv: nn.Conv3d, x: torch.Tensor) -> bool:
     return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple) and torch.backends.mkldnn.is_available())
+            and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
+            and torch.backends.mkldnn.is_available())
 
 
 def _conv3d(conv: nn.Conv3d, x: torch.Tensor, weight: Optional[torch.Tensor] = None,
