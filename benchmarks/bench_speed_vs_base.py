@@ -189,6 +189,7 @@ def main() -> int:
     p.add_argument("--frames", type=int, default=0, help="keyframes for the real-weight rows (0 = all 146)")
     p.add_argument("--slow-limit", type=int, default=30, help="keyframes for the generated-weights rows")
     p.add_argument("--new-options", default="{}", help="JSON estimator options for the new side only")
+    p.add_argument("--json", default=None, help="also write the figures (and the machine line) to this JSON file")
     a = p.parse_args()
     if a.worker:
         return worker(a)
@@ -246,7 +247,8 @@ def main() -> int:
                 ckpt = str(c)
             sides = {}
             try:
-                for label, root, opts in (("old", base, options), ("new", REPO, {**options, **json.loads(a.new_options)})):
+                new_opts = {**options, **json.loads(a.new_options)}
+                for label, root, opts in (("old", base, options), ("new", REPO, new_opts)):
                     sides[label] = Side(label, root, a, name, model, ckpt, opts, limit)
                     sides[label].ready = sides[label].read()      # warm-ups run one after the other
                 n = min(limit or 10 ** 6, sum(1 for line in a.index_file.read_text().splitlines() if line.strip()))
@@ -279,9 +281,14 @@ def main() -> int:
             print(f"{name:<20} {len(told):>4} {mo:8.0f} {mn:8.0f} {mn / mo:8.2f} {paired:7.2f} {first:10.1f} "
                   f"{acc:>17} {diff.max() if diff.size else 0.0:10.2e} {100 * (diff > 1e-3).mean():7.3f}"
                   f"{'  NaN mismatch %d px' % nan_mismatch if nan_mismatch else ''}", flush=True)
-            results[name] = {"old_ms": mo, "new_ms": mn, "ratio": mn / mo, "paired_ratio": paired, "first_call_s": first,
-                             "old": summ["old"], "new": summ["new"], "max_abs_diff": float(diff.max()) if diff.size else 0.0}
+            results[name] = {"keyframes": len(told), "old_ms": mo, "new_ms": mn, "ratio": mn / mo,
+                             "paired_ratio": paired, "first_call_s": first, "old": summ["old"], "new": summ["new"],
+                             "max_abs_diff": float(diff.max()) if diff.size else 0.0}
         print(machine_line(a.threads).replace("machine:", "end:"), flush=True)
+        if a.json:
+            Path(a.json).write_text(json.dumps({"machine": machine_line(a.threads), "old": base_rev, "new": new_rev,
+                                                "dirty": bool(dirty), "threads": a.threads, "results": results},
+                                               indent=2))
     return 0
 
 
