@@ -27,6 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 from mvs_depth_ros.data.paths import shared_path  # noqa: E402
 
 # name -> (registry model, checkpoint path relative to the shared folder or None, extra CLI args)
@@ -121,6 +122,8 @@ def main() -> int:
         print("shared HoloLens data not found (MVS_DEPTH_SHARED or ../shared): nothing to measure")
         return 0
     index = scene / "indices" / f"keyframe+hololens-dataset+000+nmeas+{a.nmeas}"
+    from bench_speed_vs_base import machine_line
+    print(machine_line(a.threads))
     print(f"HoloLens sample, {index.name}{' (first %d lines)' % a.limit if a.limit else ''}, 320x256, "
           f"{a.threads} threads, CPU")
     header = f"{'model':<20} {'abs_rel':>8} {'a1':>7} {'cov@thr':>8} {'rel@thr':>8} {'ms/kf':>7} {'peak MB':>8}"
@@ -141,6 +144,7 @@ def main() -> int:
                    f"{f.get('coverage', float('nan')):8.3f} {f.get('abs_rel', float('nan')):8.4f}")
         print(f"{name:<20} {acc} {s['timing']['ms_per_keyframe_median']:7.0f} {peak_txt}"
               f"{'  (generated weights: timing/memory only)' if r['generated'] else ''}", flush=True)
+    print(machine_line(a.threads).replace("machine:", "end:"))
     return 0
 
 

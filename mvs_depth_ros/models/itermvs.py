@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from ..core.frame import DepthResult, Frame
 from .base import DepthEstimator
+from .compiled import CompiledCall, resolve_compile
 from .mvs_common import (ConvBn, ConvBnReLU, ConvReLU, LRUCache, check_frames, image_tensor,
                          load_official_weights, network_image, projection_matrix)
 from .warping import group_correlation, project_depth_hypotheses, relative_projection, rotate_pixel_grid, \
@@ -429,7 +430,7 @@ class IterMVSEstimator(DepthEstimator):
     preferred_measurement_frames = 2
 
     def __init__(self, checkpoint: Optional[str] = None, device: str = "auto", min_depth: float = 0.25,
-                 max_depth: float = 20.0, iterations: int = 4, feature_cache: int = 16):
+                 max_depth: float = 20.0, iterations: int = 4, feature_cache: int = 16, compile: Any = "auto"):
         super().__init__(device=device, min_depth=min_depth, max_depth=max_depth)
         self.net = IterMVSNet(iteration=int(iterations))
         if checkpoint:
@@ -438,11 +439,14 @@ class IterMVSEstimator(DepthEstimator):
             log.warning("IterMVS built without a checkpoint: random weights")
         self.net.eval().to(self.device)
         self.cache = LRUCache(feature_cache)
+        use = resolve_compile(compile, self.device)
+        self._feature_net = CompiledCall(self.net.feature_net, "IterMVS feature net", use)
+        self._core = CompiledCall(self.net.iter_mvs, "IterMVS", use)
 
     def _features(self, frame: Frame) -> Dict[int, torch.Tensor]:
         def compute():
             img = network_image(frame, "signed")
-            return self.net.feature_net(image_tensor(img, self.device))
+            return self._feature_net(image_tensor(img, self.device))
         return self.cache.get_or_compute(frame.uid, compute)
 
     def _projections(self, frame: Frame) -> Dict[int, torch.Tensor]:
@@ -457,16 +461,17 @@ class IterMVSEstimator(DepthEstimator):
             projs = [self._projections(f) for f in (reference, *measurements)]
             dmin = torch.tensor([self.min_depth], dtype=torch.float32, device=self.device)
             dmax = torch.tensor([self.max_depth], dtype=torch.float32, device=self.device)
-            out = self.net.iter_mvs(feats[0], feats[1:], projs[0], projs[1:], dmin, dmax)
+            out = self._core(feats[0], feats[1:], projs[0], projs[1:], dmin, dmax)
             depth = out["depth"][0, 0].float().cpu().numpy()
             conf = out["confidence"][0, 0].float().cpu().numpy()
         depth = np.where(np.isfinite(depth), depth, np.nan).astype(np.float32)
         conf = np.clip(np.nan_to_num(conf, nan=0.0), 0.0, 1.0).astype(np.float32)
         return DepthResult(depth=depth, confidence=conf, K=reference.K.copy(), state=state,
                            info={"model": self.name, "ms": (time.perf_counter() - t0) * 1e3,
-                                 "cache_hits": self.cache.hits})
+                                 "cache_hits": self.cache.hits, "compile": self._core.describe()})
 
 
 def build(checkpoint: Optional[str] = None, device: str = "auto", **options) -> IterMVSEstimator:
-    """Registry builder: ``options`` = ``min_depth``, ``max_depth``, ``iterations`` (4), ``feature_cache`` (16)."""
+    """Registry builder: ``options`` = ``min_depth``, ``max_depth``, ``iterations`` (4), ``feature_cache`` (16),
+    ``compile`` ("auto": torch.compile on CPU, see ``models/compiled.py``)."""
     return IterMVSEstimator(checkpoint=checkpoint, device=device, **options)

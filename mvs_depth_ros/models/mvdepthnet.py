@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ..core.frame import DepthResult, Frame
 from .base import DepthEstimator
+from .compiled import CompiledCall, resolve_compile
 from .checkpoints import extract_state_dict, load_checkpoint, load_state_dict_strict
 from .mvs_common import check_frames
 from .mvsnet import window_confidence
@@ -247,7 +248,7 @@ class MVDepthNetEstimator(DepthEstimator):
     preferred_measurement_frames = 1
 
     def __init__(self, model: MVDepthNet, device: str = "auto", min_depth: float = 0.25, max_depth: float = 20.0,
-                 channel_order: str = "rgb", confidence_temperature: float = 0.2):
+                 channel_order: str = "rgb", confidence_temperature: float = 0.2, compile: Any = "auto"):
         super().__init__(device=device, min_depth=min_depth, max_depth=max_depth)
         if channel_order not in ("rgb", "bgr"):
             raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
@@ -256,6 +257,11 @@ class MVDepthNetEstimator(DepthEstimator):
         self.model = model.to(self.device).eval()
         self.channel_order = channel_order
         self.temperature = float(confidence_temperature)
+        # "auto" stays eager: not measured (its time is mostly full-resolution convolutions, which compiling
+        # leaves to the same oneDNN kernels); compile=True forces it
+        use = resolve_compile(compile, self.device, pays_on_cpu=False)
+        self._cost_volume = CompiledCall(self.model.cost_volume, "MVDepthNet cost volume", use)
+        self._forward_volume = CompiledCall(self.model.forward_volume, "MVDepthNet", use)
 
     def _images(self, frames: Sequence[Frame]) -> torch.Tensor:
         """``(V, 3, H, W)`` normalised network input, C-contiguous, in the configured channel order."""
@@ -291,8 +297,8 @@ class MVDepthNetEstimator(DepthEstimator):
         ref_to_src = np.stack([np.linalg.inv(f.T_world_cam) @ T_ref for f in frames[1:]])
         KRKiUV, KT = pair_rays(K, torch.from_numpy(ref_to_src).to(self.device), H, W)
         left = imgs[:1]
-        cost = self.model.cost_volume(left, imgs[None, 1:], KRKiUV[None], KT[None])     # (1, 64, H, W)
-        disp = self.model.forward_volume(left, cost)[0]                                  # (1, 1, H, W)
+        cost = self._cost_volume(left, imgs[None, 1:], KRKiUV[None], KT[None])     # (1, 64, H, W)
+        disp = self._forward_volume(left, cost)[0]                                  # (1, 1, H, W)
         conf = self.confidence(cost, disp, KRKiUV, KT)
         disp_np = disp[0, 0].float().cpu().numpy()
         conf_np = conf.float().clamp(0.0, 1.0).cpu().numpy()
@@ -303,13 +309,14 @@ class MVDepthNetEstimator(DepthEstimator):
         conf_np[bad] = 0.0
         return DepthResult(depth=depth, confidence=conf_np.astype(np.float32), K=reference.K.copy(), state=state,
                            info={"model": self.name, "n_sources": len(measurements),
-                                 "ms": 1000.0 * (time.perf_counter() - t0)})
+                                 "ms": 1000.0 * (time.perf_counter() - t0),
+                                 "compile": self._forward_volume.describe()})
 
 
 def build(checkpoint: Optional[str] = None, device: str = "auto", **options) -> MVDepthNetEstimator:
     """Registry builder. ``checkpoint``: the released ``opensource_model.pth.tar`` or a compatible state dict
     (required). Options: ``min_depth``, ``max_depth``, ``channel_order`` ('rgb'), ``align_corners`` (True),
-    ``confidence_temperature`` (0.2)."""
+    ``confidence_temperature`` (0.2), ``compile`` ("auto": eager; true: torch.compile, see ``models/compiled.py``)."""
     if not checkpoint:
         raise ValueError("mvdepthnet needs a checkpoint "
                          "(the released opensource_model.pth.tar or a compatible state dict)")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from ..core.frame import DepthResult, Frame
 from .base import DepthEstimator
+from .compiled import CompiledCall, resolve_compile
 from .checkpoints import extract_state_dict, load_checkpoint, load_state_dict_strict
 from .mvs_common import ConvBnReLU, ConvBnReLU3D, LRUCache, check_frames, normalize_and_resize, world_to_camera
 from .warping import project_depth_hypotheses, relative_projection
@@ -117,6 +118,36 @@ class FeatureNet(nn.Module):
         return self.feature(x)
 
 
+def _onednn_ok(conv: nn.Conv3d, x: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
+            and torch.backends.mkldnn.is_available())
+
+
+def _conv3d(conv: nn.Conv3d, x: torch.Tensor, weight: Optional[torch.Tensor] = None,
+            bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``conv(x)``; on CPU without autograd, oneDNN's kernel is called directly: for the U-Net's smaller volumes
+    PyTorch's dispatch picks its reference kernel (``slow_conv3d``), which was 3-17x slower on a 2-vCPU AMD EPYC
+    (torch 2.13); the two agree to ~3e-6 (float reassociation). ``weight``/``bias`` replace the conv's own."""
+    if _onednn_ok(conv, x):
+        return torch.mkldnn_convolution(x.contiguous(), conv.weight if weight is None else weight,
+                                        conv.bias if bias is None else bias, list(conv.padding), list(conv.stride),
+                                        list(conv.dilation), conv.groups)
+    return conv(x)
+
+
+def _cbr3d(block: ConvBnReLU3D, x: torch.Tensor) -> torch.Tensor:
+    """``block(x)``; on the oneDNN path of :func:`_conv3d` the (eval-mode) batch norm is folded into the
+    convolution's weights and bias, saving a pass over the volume (same values to float rounding)."""
+    bn = block.bn
+    if _onednn_ok(block.conv, x) and not bn.training and bn.running_var is not None and bn.affine:
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        weight = block.conv.weight * scale.view(-1, 1, 1, 1, 1)
+        bias = bn.bias - bn.running_mean * scale
+        return F.relu(_conv3d(block.conv, x, weight, bias), inplace=True)
+    return F.relu(bn(_conv3d(block.conv, x)), inplace=True)
+
+
 class CostRegNet(nn.Module):
     """3-D U-Net: ``(B, 32, D, h, w)`` cost volume -> ``(B, 1, D, h, w)`` logits. ``D, h, w`` divisible by 8.
 
@@ -138,14 +169,14 @@ class CostRegNet(nn.Module):
         self.prob = nn.Conv3d(8, 1, 3, stride=1, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv0 = self.conv0(x)
-        conv2 = self.conv2(self.conv1(conv0))
-        conv4 = self.conv4(self.conv3(conv2))
-        x = self.conv6(self.conv5(conv4))
+        conv0 = _cbr3d(self.conv0, x)
+        conv2 = _cbr3d(self.conv2, _cbr3d(self.conv1, conv0))
+        conv4 = _cbr3d(self.conv4, _cbr3d(self.conv3, conv2))
+        x = _cbr3d(self.conv6, _cbr3d(self.conv5, conv4))
         x = conv4 + self.conv7(x)
         x = conv2 + self.conv9(x)
         x = conv0 + self.conv11(x)
-        return self.prob(x)
+        return _conv3d(self.prob, x)
 
 
 class RefineNet(nn.Module):
@@ -332,7 +363,7 @@ class MVSNetEstimator(DepthEstimator):
     preferred_measurement_frames = 3
 
     def __init__(self, model: MVSNet, device: str = "auto", min_depth: float = 0.25, max_depth: float = 20.0,
-                 n_planes: int = 192, full_resolution: bool = True, feature_cache: int = 8):
+                 n_planes: int = 192, full_resolution: bool = True, feature_cache: int = 8, compile: Any = "auto"):
         super().__init__(device=device, min_depth=min_depth, max_depth=max_depth)
         if n_planes < 8 or n_planes % 8:
             raise ValueError(f"MVSNet needs n_planes to be a positive multiple of 8 (3-D U-Net), got {n_planes}")
@@ -343,6 +374,11 @@ class MVSNetEstimator(DepthEstimator):
         dv = self.min_depth + interval * np.arange(self.n_planes, dtype=np.float64)
         self.depth_values = torch.from_numpy(dv.astype(np.float32)).to(self.device)[None]  # (1, D)
         self.cache = LRUCache(feature_cache)
+        # "auto" stays eager: compiled, MVSNet (64 planes) was no faster (new/old 1.02 on a loaded 2-vCPU AMD EPYC,
+        # its time being the 3-D convolutions); compile=True forces it
+        use = resolve_compile(compile, self.device, pays_on_cpu=False)
+        self._feature = CompiledCall(self.model.feature, "MVSNet feature net", use)
+        self._forward_features = CompiledCall(self.model.forward_features, "MVSNet", use)
 
     def _image(self, frame: Frame) -> torch.Tensor:
         """``(1, 3, H, W)`` RGB / 255 float32, C-contiguous (the official eval loader's values)."""
@@ -351,7 +387,7 @@ class MVSNetEstimator(DepthEstimator):
 
     def _features(self, frame: Frame) -> torch.Tensor:
         """``(32, H/4, W/4)`` FeatureNet output, cached by ``Frame.uid``."""
-        return self.cache.get_or_compute(frame.uid, lambda: self.model.feature(self._image(frame))[0])
+        return self.cache.get_or_compute(frame.uid, lambda: self._feature(self._image(frame))[0])
 
     @torch.inference_mode()
     def estimate(self, reference: Frame, measurements: Sequence[Frame], state=None) -> DepthResult:
@@ -361,7 +397,7 @@ class MVSNetEstimator(DepthEstimator):
         feats = torch.stack([self._features(f) for f in frames])                        # (V, 32, h, w)
         P = feature_projection_matrices(np.stack([f.K for f in frames]), np.stack([f.T_world_cam for f in frames]))
         proj = torch.from_numpy(P).to(self.device)[None]                                # float64 homography
-        out = self.model.forward_features(feats[None], proj, self.depth_values)
+        out = self._forward_features(feats[None], proj, self.depth_values)
         depth = out["depth"]
         if self.model.refine:
             depth = self.model.refine_depth(self._image(reference), depth, self.depth_values)
@@ -378,13 +414,15 @@ class MVSNetEstimator(DepthEstimator):
         conf_np[bad] = 0.0
         return DepthResult(depth=depth_np.astype(np.float32), confidence=conf_np.astype(np.float32), K=K, state=state,
                            info={"model": self.name, "n_planes": self.n_planes, "n_views": len(frames),
-                                 "ms": 1000.0 * (time.perf_counter() - t0)})
+                                 "ms": 1000.0 * (time.perf_counter() - t0),
+                                 "compile": self._forward_features.describe()})
 
 
 def build(checkpoint: Optional[str] = None, device: str = "auto", **options) -> MVSNetEstimator:
     """Registry builder. ``checkpoint``: official MVSNet checkpoint (required). Options: ``min_depth``,
     ``max_depth``, ``n_planes`` (192 official; 128/64 for speed), ``align_corners`` (True), ``refine`` (auto from the
-    checkpoint), ``full_resolution`` (True), ``feature_cache`` (8)."""
+    checkpoint), ``full_resolution`` (True), ``feature_cache`` (8), ``compile`` ("auto": eager; true: torch.compile,
+    see ``models/compiled.py``)."""
     if not checkpoint:
         raise ValueError("mvsnet needs a checkpoint (the official model_000014.ckpt or a compatible state dict)")
     model = load_mvsnet(checkpoint, refine=options.pop("refine", None),

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from ..core.frame import DepthResult, Frame
 from .base import DepthEstimator
+from .compiled import CompiledCall, resolve_compile
 from .mvs_common import (ConvBnReLU, ConvBnReLU3D, LRUCache, check_frames, image_tensor, load_official_weights,
                          network_image, world_to_camera)
 from .warping import group_correlation, project_depth_hypotheses, relative_projection, rotate_pixel_grid, \
@@ -459,7 +460,8 @@ class PatchmatchNetEstimator(DepthEstimator):
     preferred_measurement_frames = 2
 
     def __init__(self, checkpoint: Optional[str] = None, device: str = "auto", min_depth: float = 0.25,
-                 max_depth: float = 20.0, seed: Optional[int] = 0, feature_cache: int = 16, **config):
+                 max_depth: float = 20.0, seed: Optional[int] = 0, feature_cache: int = 16, compile: Any = "auto",
+                 **config):
         super().__init__(device=device, min_depth=min_depth, max_depth=max_depth)
         unknown = set(config) - set(OFFICIAL_CONFIG)
         if unknown:
@@ -472,11 +474,14 @@ class PatchmatchNetEstimator(DepthEstimator):
         self.net.eval().to(self.device)
         self.seed = seed
         self.cache = LRUCache(feature_cache)
+        use = resolve_compile(compile, self.device)
+        self._feature = CompiledCall(self.net.feature, "PatchmatchNet feature net", use)
+        self._run = CompiledCall(self.net.run, "PatchmatchNet", use)
 
     def _image_and_features(self, frame: Frame):
         def compute():
             img = image_tensor(network_image(frame, "unit"), self.device, channels_last=False)
-            return img, self.net.feature(img)
+            return img, self._feature(img)
         return self.cache.get_or_compute(frame.uid, compute)
 
     def draw_init(self, height: int, width: int) -> torch.Tensor:
@@ -496,18 +501,18 @@ class PatchmatchNetEstimator(DepthEstimator):
             dmin = torch.tensor([self.min_depth], dtype=torch.float32, device=self.device)
             dmax = torch.tensor([self.max_depth], dtype=torch.float32, device=self.device)
             init = self.draw_init(reference.height, reference.width).to(self.device)
-            out = self.net.run(data[0][0], data[0][1], [d[1] for d in data[1:]], projs[0], projs[1:], dmin, dmax,
-                               init)
+            out = self._run(data[0][0], data[0][1], [d[1] for d in data[1:]], projs[0], projs[1:], dmin, dmax, init)
             depth = out["depth"][0, 0].float().cpu().numpy()
             conf = out["confidence"][0, 0].float().cpu().numpy()
         depth = np.where(np.isfinite(depth), np.clip(depth, self.min_depth, self.max_depth), np.nan).astype(np.float32)
         conf = np.clip(np.nan_to_num(conf, nan=0.0), 0.0, 1.0).astype(np.float32)
         return DepthResult(depth=depth, confidence=conf, K=reference.K.copy(), state=state,
                            info={"model": self.name, "ms": (time.perf_counter() - t0) * 1e3,
-                                 "cache_hits": self.cache.hits})
+                                 "cache_hits": self.cache.hits, "compile": self._run.describe()})
 
 
 def build(checkpoint: Optional[str] = None, device: str = "auto", **options) -> PatchmatchNetEstimator:
     """Registry builder: ``options`` = ``min_depth``, ``max_depth``, ``seed`` (0; None = global RNG),
-    ``feature_cache`` (16) and the official config keys (``patchmatch_iteration`` etc.)."""
+    ``feature_cache`` (16), ``compile`` ("auto": torch.compile on CPU, see ``models/compiled.py``) and the official
+    config keys (``patchmatch_iteration`` etc.)."""
     return PatchmatchNetEstimator(checkpoint=checkpoint, device=device, **options)

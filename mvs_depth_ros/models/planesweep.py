@@ -24,6 +24,7 @@ Algorithm (all tensor ops in torch, so it runs on CPU or CUDA):
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, fields
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -356,6 +357,22 @@ def confidence_from_costs(agg: torch.Tensor, idx: torch.Tensor, match_cost: torc
 # ----------------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _one_intra_op_thread(device: torch.device):
+    """Run the block with one torch intra-op thread on CPU (restored after). The SGM row loop issues ~10 small
+    ops per row (~60k elements each at 320x256): splitting each across threads costs a synchronisation per op,
+    which is the larger part of the time with 2 threads, dramatically so on a loaded machine."""
+    n = torch.get_num_threads()
+    if device.type != "cpu" or n <= 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def _view_cost(ref: torch.Tensor, ref_mu: torch.Tensor, ref_sigma: torch.Tensor, srcs: Sequence[torch.Tensor],
                K_ref: torch.Tensor, K_srcs: Sequence[torch.Tensor], T_src_refs: Sequence[torch.Tensor],
                depths: torch.Tensor, window: int, neutral: float) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -474,7 +491,8 @@ class PlaneSweepEstimator(DepthEstimator):
 
         # 2. aggregation
         if cfg.sgm_paths:
-            agg = sgm_aggregate(cost, ref_c[0, 0], cfg.p1, cfg.p2, cfg.p2_edge, cfg.sgm_paths)
+            with _one_intra_op_thread(cost.device):
+                agg = sgm_aggregate(cost, ref_c[0, 0], cfg.p1, cfg.p2, cfg.p2_edge, cfg.sgm_paths)
             agg = agg / cfg.sgm_paths
         else:
             agg = cost

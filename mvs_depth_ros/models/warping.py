@@ -51,8 +51,12 @@ def homogeneous_pixel_grid(height: int, width: int, grid_scale: Tuple[float, flo
                            device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Homogeneous pixel coordinates ``(3, H*W)``, row-major, ``(x * sx, y * sy, 1)``.
 
-    Cached per (size, scale, device, dtype): treat the result as read-only.
+    Cached per (size, scale, device, dtype): treat the result as read-only. Under ``torch.compile`` the grid is
+    built inside the graph (a constant there; dynamo would bypass the cache anyway, with a warning).
     """
+    if torch.compiler.is_compiling():
+        return _pixel_grid_cached.__wrapped__(int(height), int(width), float(grid_scale[0]), float(grid_scale[1]),
+                                              str(torch.device(device)), dtype)
     return _pixel_grid_cached(int(height), int(width), float(grid_scale[0]), float(grid_scale[1]),
                               str(torch.device(device)), dtype)
 
@@ -104,9 +108,10 @@ def project_depth_hypotheses(rel_proj: torch.Tensor, depth_samples: torch.Tensor
         + trans.view(batch, 3, 1, 1)
     invalid = proj_xyz[:, 2:3] <= min_z
     px, py = (float(width), float(height)) if invalid_at is None else invalid_at
-    if bool(invalid.any()):
-        park = torch.tensor([px, py, 1.0], dtype=proj_xyz.dtype, device=proj_xyz.device).view(1, 3, 1, 1)
-        proj_xyz = torch.where(invalid, park, proj_xyz)
+    # unconditional (no host sync on ``invalid.any()``, no graph break under torch.compile): where nothing is
+    # invalid the values are unchanged
+    park = torch.tensor([px, py, 1.0], dtype=proj_xyz.dtype, device=proj_xyz.device).view(1, 3, 1, 1)
+    proj_xyz = torch.where(invalid, park, proj_xyz)
     proj_xy = proj_xyz[:, :2] / proj_xyz[:, 2:3]
     x_norm = proj_xy[:, 0] / ((ws - 1) / 2) - 1
     y_norm = proj_xy[:, 1] / ((hs - 1) / 2) - 1

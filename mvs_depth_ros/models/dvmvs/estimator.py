@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ...core.frame import DepthResult, Frame
 from ..base import DepthEstimator
+from ..compiled import CompiledCall, resolve_compile
 from .model import DVMVSNet, FusionState, StepOutput
 from .networks import N_DEPTH_LEVELS, TRAIN_MAX_DEPTH, TRAIN_MIN_DEPTH
 
@@ -57,7 +58,7 @@ class DVMVSEstimator(DepthEstimator):
     preferred_measurement_frames = 2
 
     def __init__(self, net: DVMVSNet, device: str = "auto", min_depth: float = TRAIN_MIN_DEPTH,
-                 max_depth: float = TRAIN_MAX_DEPTH, cache_size: int = 30):
+                 max_depth: float = TRAIN_MAX_DEPTH, cache_size: int = 30, compile: Any = "auto"):
         super().__init__(device=device, min_depth=min_depth, max_depth=max_depth)
         if min_depth < TRAIN_MIN_DEPTH or max_depth > TRAIN_MAX_DEPTH:
             log.warning("DVMVS predicts depth in [%g, %g] m only (fixed by training); the requested range "
@@ -67,6 +68,11 @@ class DVMVSEstimator(DepthEstimator):
         self.name = "dvmvs_fusionnet" if net.fusion else "dvmvs_pairnet"
         self.cache_size = int(cache_size)
         self._cache: "OrderedDict[int, torch.Tensor]" = OrderedDict()
+        # "auto" stays eager: compiling step() (64 planes x sources unrolled) took over 15 min on a loaded 2-vCPU
+        # machine without finishing, so it is not known to pay off; compile=True forces it
+        use = resolve_compile(compile, self.device, pays_on_cpu=False)
+        self._net_features = CompiledCall(self.net.features, f"DVMVS {self.name} features", use)
+        self._net_step = CompiledCall(self.net.step, f"DVMVS {self.name}", use)
 
     # ------------------------------------------------------------------ features
     def _image(self, frame: Frame) -> torch.Tensor:
@@ -87,7 +93,7 @@ class DVMVSEstimator(DepthEstimator):
         fresh = {}
         if missing:
             images = DVMVSNet.normalize(torch.stack([self._image(f) for f in missing]))
-            half = self.net.features(images, n_outputs=1)[0]
+            half = self._net_features(images, n_outputs=1)[0]
             for i, f in enumerate(missing):
                 fresh[f.uid] = half[i:i + 1]
         out = []
@@ -133,9 +139,9 @@ class DVMVSEstimator(DepthEstimator):
             pose = torch.from_numpy(reference.T_world_cam).float().to(self.device)
             source_poses = [torch.from_numpy(m.T_world_cam).float().to(self.device) for m in measurements]
             image = DVMVSNet.normalize(self._image(reference)[None])
-            features = self.net.features(image)
+            features = self._net_features(image)
             sources = self._source_features(measurements)
-            out = self.net.step(image, features, sources, pose, source_poses, K,
+            out = self._net_step(image, features, sources, pose, source_poses, K,
                                 state=state if self.recurrent else None)
             self._remember(reference.uid, features[0])
             depth = out.depths[0][0, 0].float().cpu().numpy()
@@ -146,9 +152,12 @@ class DVMVSEstimator(DepthEstimator):
                            state=out.state if self.recurrent else None,
                            info={"model": self.name, "ms": (time.perf_counter() - t0) * 1e3,
                                  "n_measurements": len(measurements),
-                                 "mean_coverage": float(out.coverage.mean())})
+                                 "mean_coverage": float(out.coverage.mean()),
+                                 "compile": self._net_step.describe()})
 
 
+# options of both builders: min_depth, max_depth, cache_size (30), compile ("auto": eager; true: torch.compile, see
+# models/compiled.py)
 def _build(fusion: bool, checkpoint: Optional[str], device: str, **options) -> DVMVSEstimator:
     net = DVMVSNet(fusion=fusion)
     if checkpoint is None:
