@@ -47,6 +47,9 @@ MODELS = {
     "planesweep": ("planesweep", None, {}, False),
     "itermvs_dtu": ("itermvs", "weights/itermvs/dtu/model_000015.ckpt", {}, False),
 }
+#: the new side's options beyond the model's: compile where it was measured to pay off per keyframe (opt-in in the
+#: package since the first call costs about a minute; see models/compiled.py)
+NEW_SIDE_OPTIONS = {"itermvs": {"compile": True}, "patchmatchnet": {"compile": True}}
 DEFAULT_MODELS = ["itermvs_blendedmvs", "patchmatchnet", "dvmvs_pairnet", "dvmvs_fusionnet", "mvsnet_64",
                   "mvdepthnet", "planesweep"]
 
@@ -247,7 +250,7 @@ def main() -> int:
                 ckpt = str(c)
             sides = {}
             try:
-                new_opts = {**options, **json.loads(a.new_options)}
+                new_opts = {**options, **NEW_SIDE_OPTIONS.get(model, {}), **json.loads(a.new_options)}
                 for label, root, opts in (("old", base, options), ("new", REPO, new_opts)):
                     sides[label] = Side(label, root, a, name, model, ckpt, opts, limit)
                     sides[label].ready = sides[label].read()      # warm-ups run one after the other

@@ -7,10 +7,6 @@ from mvs_depth_ros.data.paths import shared_path
 
 # Tests run on 2-core CI machines: keep torch from oversubscribing them.
 torch.set_num_threads(int(os.environ.get("MVS_TEST_THREADS", "2")))
-# The learned estimators compile their networks by default on CPU (models/compiled.py), which costs minutes per
-# model on such a machine: the suite runs them eagerly (also in the node processes it starts, which inherit the
-# environment); test_compiled.py checks the compiled path against the fixtures.
-os.environ.setdefault("MVS_DEPTH_COMPILE", "0")
 
 
 def require_shared(*parts: str):

@@ -7,15 +7,17 @@ starts faster) and reports how long that took; if compilation fails for any reas
 why once, and stays eager. Results equal the eager ones within floating-point reassociation (~1e-6 relative),
 which the conformance tests' tolerances cover (``test/test_compiled.py``).
 
-The option (``compile`` on every learned estimator): ``"auto"`` (default) compiles on CPU for the models where it was
-measured to pay off per keyframe (IterMVS, PatchmatchNet) and runs eagerly elsewhere (MVSNet: measured no faster;
-DVMVS, MVDepthNet: not measured; any GPU); ``True``/``False`` force it. The environment variable
-``MVS_DEPTH_COMPILE=0`` turns ``"auto"`` off everywhere.
+The option (``compile`` on every learned estimator): ``True`` compiles, ``False`` and ``"auto"`` (the default) run
+eagerly -- ``"auto"`` is kept so that a model measured to pay off from its first minutes could opt in
+(``pays_on_cpu``); none does today. ``MVS_DEPTH_COMPILE=0`` turns ``"auto"`` off everywhere.
 
-The price is the first call: on a 2-vCPU machine it took 4-8 minutes for IterMVS under heavy load (2026-12-07),
-and torch's on-disk caches did not shorten it much in a second process. A long-running node earns that back (about
-0.2 s per keyframe saved there); a short offline run over a few hundred keyframes does not: pass
-``--model-option compile=false`` (or set ``MVS_DEPTH_COMPILE=0``) for those.
+Why opt-in: the price is the first call. On a 2-vCPU machine it took 50-75 s (IterMVS, PatchmatchNet) when quiet
+and 4-8 minutes under heavy load (2026-12-07), and torch's on-disk caches did not shorten it much in a second
+process. IterMVS then saves ~90 ms per keyframe there (break-even after ~850 keyframes): worth it in a node that runs
+for hours (``--model-option compile=true``), a loss in a short ``mvs-depth run``, and the node's first depth map
+would arrive minutes late. Compiled outputs also differ from eager ones by float reassociation (a few near-tie
+pixels by > 1 mm), so the node and ``mvs-depth run`` must agree on it for eval-bag to equal offline: both default
+to eager.
 """
 from __future__ import annotations
 

@@ -439,7 +439,7 @@ class IterMVSEstimator(DepthEstimator):
             log.warning("IterMVS built without a checkpoint: random weights")
         self.net.eval().to(self.device)
         self.cache = LRUCache(feature_cache)
-        use = resolve_compile(compile, self.device)
+        use = resolve_compile(compile, self.device, pays_on_cpu=False)  # opt-in: see compiled.py
         self._feature_net = CompiledCall(self.net.feature_net, "IterMVS feature net", use)
         self._core = CompiledCall(self.net.iter_mvs, "IterMVS", use)
 

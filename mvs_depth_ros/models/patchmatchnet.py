@@ -474,7 +474,7 @@ class PatchmatchNetEstimator(DepthEstimator):
         self.net.eval().to(self.device)
         self.seed = seed
         self.cache = LRUCache(feature_cache)
-        use = resolve_compile(compile, self.device)
+        use = resolve_compile(compile, self.device, pays_on_cpu=False)  # opt-in: see compiled.py
         self._feature = CompiledCall(self.net.feature, "PatchmatchNet feature net", use)
         self._run = CompiledCall(self.net.run, "PatchmatchNet", use)
 
