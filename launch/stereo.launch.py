@@ -69,7 +69,8 @@ def _nodes(context, *args, **kwargs):
         nodes.append(Node(package="mvs_depth_ros", executable="player_node", name="player", output="screen",
                           parameters=[os.path.join(share, "config", "player.yaml"),
                                       {"bag": bag, "rate": float(get("rate")),
-                                       "wait_for_topics": [get("left_image"), get("right_image")] + _topics(get("wait_for")),
+                                       "wait_for_topics": [get("left_image"), get("right_image"), get("left_info"),
+                                                           get("right_info")] + _topics(get("wait_for")),
                                        "wait_timeout": 60.0}]))
     return nodes
 
