@@ -78,17 +78,8 @@ def _close(a, b, atol, outlier_frac=0.0, rtol=0.0):
 
 
 def _fixture_frames(golden, float_resize: bool):
-    import cv2
-    from mvs_depth_ros.core.frame import Frame
-    K540 = np.loadtxt(require_shared("data", "hololens-000", "K.txt"))
-    frames = []
-    for v in range(3):
-        raw = golden["in_images_raw_rgb_uint8_540x360"][v]
-        f = Frame(image=raw, K=K540, T_world_cam=golden["in_poses_c2w_float64"][v]).resized(320, 256)
-        if float_resize:
-            f.image_float = cv2.resize(raw.astype(np.float32), (320, 256), interpolation=cv2.INTER_LINEAR)
-        frames.append(f)
-    return frames
+    from test_patchmatchnet import _frames   # the fixtures' three HoloLens views at 320x256 (same for IterMVS)
+    return _frames(golden, float_path=float_resize)
 
 
 @NETWORK_COMPILE
