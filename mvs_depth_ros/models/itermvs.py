@@ -473,5 +473,5 @@ class IterMVSEstimator(DepthEstimator):
 
 def build(checkpoint: Optional[str] = None, device: str = "auto", **options) -> IterMVSEstimator:
     """Registry builder: ``options`` = ``min_depth``, ``max_depth``, ``iterations`` (4), ``feature_cache`` (16),
-    ``compile`` ("auto": torch.compile on CPU, see ``models/compiled.py``)."""
+    ``compile`` ("auto": eager; true: torch.compile, see ``models/compiled.py``)."""
     return IterMVSEstimator(checkpoint=checkpoint, device=device, **options)

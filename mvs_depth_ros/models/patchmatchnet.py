@@ -513,6 +513,6 @@ class PatchmatchNetEstimator(DepthEstimator):
 
 def build(checkpoint: Optional[str] = None, device: str = "auto", **options) -> PatchmatchNetEstimator:
     """Registry builder: ``options`` = ``min_depth``, ``max_depth``, ``seed`` (0; None = global RNG),
-    ``feature_cache`` (16), ``compile`` ("auto": torch.compile on CPU, see ``models/compiled.py``) and the official
+    ``feature_cache`` (16), ``compile`` ("auto": eager; true: torch.compile, see ``models/compiled.py``) and the official
     config keys (``patchmatch_iteration`` etc.)."""
     return PatchmatchNetEstimator(checkpoint=checkpoint, device=device, **options)
