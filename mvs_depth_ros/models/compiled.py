@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 
 
 def resolve_compile(option: Any, device: torch.device, pays_on_cpu: bool = True) -> bool:
-    """The ``compile`` estimator option -> compile or not. ``"auto"``: on CPU where ``pays_on_cpu`` (no model today), unless
-    ``MVS_DEPTH_COMPILE`` is ``0``/``false``/``off``."""
+    """The ``compile`` estimator option -> compile or not. ``"auto"``: on CPU where ``pays_on_cpu`` (no model
+    today), unless ``MVS_DEPTH_COMPILE`` is ``0``/``false``/``off``."""
     if isinstance(option, str):
         value = option.strip().lower()
         if value in ("1", "true", "on", "yes"):

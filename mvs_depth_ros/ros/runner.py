@@ -225,7 +225,8 @@ def _stereo(a: Dict[str, str], share: Path) -> List[NodeSpec]:
         specs.insert(0, NodeSpec("mvs_depth_ros.ros.player_node:PlayerNode", "player", "",
                                  [share / "config" / "player.yaml"],
                                  {"bag": bag, "rate": float(a["rate"]),
-                                  "wait_for_topics": [a["left_image"], a["right_image"], a["left_info"], a["right_info"]] + [
+                                  "wait_for_topics": [a["left_image"], a["right_image"],
+                                                      a["left_info"], a["right_info"]] + [
                                       t.strip() for t in a.get("wait_for", "").split(",") if t.strip()],
                                   "wait_timeout": 60.0, "autostart": False}))
     return specs
