@@ -289,17 +289,25 @@ def test_approximate_sync_pairs_offset_stamps(pairs):
             assert feed.wait_matched(), proc.output()[-3000:]
             feed.set_calibration(pairs[0].K, BASELINE)
             feed.prime()
+            # a warm-up pair: DDS does not order topics, and a node still starting up may take this first pair
+            # before its camera_info (dropped and counted no_camera_info, as for a real driver)
+            w = pairs[0]
+            feed.send(w.left, w.right, w.stamp - 100_000_000)
+            time.sleep(0.5)
             for f in pairs[:3]:
                 feed.send(f.left, f.right, f.stamp, stamp_right=f.stamp + 3_000_000)   # within 5 ms
                 time.sleep(0.3)
             f = pairs[3]
             feed.send(f.left, f.right, f.stamp, stamp_right=f.stamp + 20_000_000)      # beyond: no pair
             time.sleep(0.3)
-            assert probe.wait_for(lambda: len(disp) >= 3, 20, proc), proc.output()[-3000:]
-            _wait_counter(probe, diag, "pairs", 3, proc)
+            want = [p.stamp for p in pairs[:3]]
+            assert probe.wait_for(lambda: [C.stamp_to_ns(m.header.stamp) for _, m in disp][-3:] == want, 20, proc), \
+                proc.output()[-3000:]
+            _wait_counter(probe, diag, "pairs", 4, proc)
             d = _diag(diag)
-            assert d["sync"] == "approximate" and int(d["pairs"]) == 3, d
-            assert [C.stamp_to_ns(m.header.stamp) for _, m in disp] == [p.stamp for p in pairs[:3]]
+            assert d["sync"] == "approximate" and int(d["pairs"]) == 4, d   # warm-up + 3; the 20 ms one: none
+            got = [C.stamp_to_ns(m.header.stamp) for _, m in disp]
+            assert got in (want, [w.stamp - 100_000_000] + want), got
         finally:
             probe.close()
 
