@@ -1,4 +1,5 @@
 import os
+import signal
 
 import pytest
 import torch
@@ -7,6 +8,14 @@ from mvs_depth_ros.data.paths import shared_path
 
 # Tests run on 2-core CI machines: keep torch from oversubscribing them.
 torch.set_num_threads(int(os.environ.get("MVS_TEST_THREADS", "2")))
+
+# A job started in the background of a non-interactive shell (`cmd &`) inherits SIGINT and SIGQUIT *ignored*, and
+# an ignored disposition survives exec: every node, `ros2 launch` and player the tests start would then ignore
+# the SIGINT that stops it (as Ctrl-C does for a user), and the shutdown tests would fail for a reason that is
+# not the package's. A handled signal is reset to its default on exec, so handling SIGINT here (Python's usual
+# KeyboardInterrupt) gives every child process the disposition it has under a terminal or a CI runner.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def require_shared(*parts: str):

@@ -5,6 +5,7 @@ import pickle
 import pytest
 import torch
 
+from conftest import require_shared
 from mvs_depth_ros.models.checkpoints import (CheckpointError, extract_state_dict, load_checkpoint,
                                               load_state_dict_strict)
 
@@ -96,6 +97,24 @@ def test_every_unusable_checkpoint_is_one_clear_checkpoint_error(tmp_path):
             assert "\n" not in str(err.value).strip() or name == "other_net.ckpt"
     with pytest.raises(CheckpointError, match="planesweep' has no weights.*would be ignored"):
         create_model("planesweep", str(good), "cpu")
+
+
+def test_model_options_are_parsed_and_checked():
+    """``KEY=VALUE`` options (CLI ``--model-option``, the node's ``model_options``): YAML scalars; an option the model
+    does not take is a ValueError naming it (not a CheckpointError blaming the weights); a learned model falling
+    back to the plane sweep (no checkpoint) drops the options the sweep does not take."""
+    from mvs_depth_ros.models.registry import create_model, parse_model_options
+    assert parse_model_options("compile=true, n_planes=32 window=5") == {"compile": True, "n_planes": 32, "window": 5}
+    assert parse_model_options(["p2=1.5", "subplane_fit=mean"]) == {"p2": 1.5, "subplane_fit": "mean"}
+    assert parse_model_options("") == {}
+    for bad in ("compile", "=3", "a=[1,"):
+        with pytest.raises(ValueError, match="model option"):
+            parse_model_options(bad)
+    ckpt = require_shared("weights", "itermvs", "blendedmvs", "model_000015.ckpt")
+    with pytest.raises(ValueError, match="does not take that option.*no_such_option"):
+        create_model("itermvs", str(ckpt), "cpu", no_such_option=1)
+    est = create_model("itermvs", None, "cpu", compile=True, n_planes=12)
+    assert est.name == "planesweep" and est.config.n_planes == 12
 
 
 def test_unavailable_device_is_a_clear_error():

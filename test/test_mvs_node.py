@@ -289,7 +289,9 @@ def test_invalid_parameters_are_rejected_with_a_reason():
     try:
         for bad, why in ((dict(min_depth=5.0, max_depth=1.0), "need min < max"), (dict(width=2), "width"),
                          (dict(pose_source="gps"), "one of"), (dict(model="nope"), "unknown"),
-                         (dict(checkpoint="/no/such.ckpt"), "no such file"), (dict(width="wide"), "width")):
+                         (dict(checkpoint="/no/such.ckpt"), "no such file"), (dict(width="wide"), "width"),
+                         (dict(model_options="compile"), "model_options.*KEY=VALUE"),
+                         (dict(model_options="no_such_option=1"), "model_options.*no_such_option")):
             with pytest.raises(ParameterError, match=why):
                 MvsNode("bad_params", context=ctx, device="cpu", **bad)
     finally:
@@ -299,6 +301,24 @@ def test_invalid_parameters_are_rejected_with_a_reason():
         rc = proc.proc.wait(60)
         out = proc.output()
     assert rc == 2 and "device" in out and "one of" in out, out[-2000:]
+
+
+def test_model_options_reach_the_estimator():
+    """``model_options`` (as ``mvs-depth run --model-option``) are the estimator's options; ``n_planes`` there wins."""
+    import rclpy
+    from ros_helpers import apply_ros_env
+    from mvs_depth_ros.ros.mvs_node import MvsNode
+    apply_ros_env()
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx)
+    try:
+        node = MvsNode("mvs_options_test", context=ctx, device="cpu", n_planes=16,
+                       model_options="n_planes=24, window=5,sgm_paths=4")
+        cfg = node.estimator.config
+        assert (cfg.n_planes, cfg.window, cfg.sgm_paths) == (24, 5, 4)
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)
 
 
 def test_live_parameter_changes_are_validated():

@@ -32,7 +32,7 @@ from ..data.paths import shared_path
 from ..eval import metrics as M
 from ..eval import report
 from ..models.base import recommended_threshold
-from ..models.registry import DEFAULT_MODEL, available_models, create_model
+from ..models.registry import DEFAULT_MODEL, available_models, create_model, parse_model_options
 
 log = logging.getLogger("mvs_depth_ros.run")
 
@@ -206,15 +206,10 @@ def fused_offline(steps: Iterator[StepResult], config: FusionConfig) -> Iterator
 
 def parse_options(items: Sequence[str]) -> dict:
     """``["n_planes=32", "seed=1"]`` -> ``{"n_planes": 32, "seed": 1}`` (values parsed as YAML scalars)."""
-    import yaml
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise SystemExit(f"--model-option expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    try:
+        return parse_model_options(list(items))
+    except ValueError as exc:
+        raise SystemExit(f"--model-option expects KEY=VALUE: {exc}") from exc
 
 
 def _peak_rss_mb() -> Optional[float]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import Callable, Dict, List, Optional
+from dataclasses import fields
+from typing import Callable, Dict, Iterable, List, Optional, Union
 
 from .base import DepthEstimator
 from .checkpoints import CheckpointError
@@ -42,6 +43,26 @@ def _resolve(name: str) -> Callable[..., DepthEstimator]:
     return getattr(module, attr)
 
 
+def parse_model_options(items: Union[str, Iterable[str]]) -> dict:
+    """Estimator options from ``KEY=VALUE`` text: ``["n_planes=32", "compile=true"]`` or one string with the items
+    separated by commas or whitespace (``"n_planes=32, compile=true"``, the node's ``model_options``) ->
+    ``{"n_planes": 32, "compile": True}``; values are parsed as YAML scalars. ``ValueError`` names a bad item."""
+    import yaml
+
+    if isinstance(items, str):
+        items = items.replace(",", " ").split()
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"model option {item!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"model option {item!r}: the value is not a YAML scalar ({exc})") from exc
+    return out
+
+
 def create_model(name: str = DEFAULT_MODEL, checkpoint: Optional[str] = None, device: str = "auto",
                  **options) -> DepthEstimator:
     """Build an estimator by name.
@@ -54,6 +75,12 @@ def create_model(name: str = DEFAULT_MODEL, checkpoint: Optional[str] = None, de
     if name in NEEDS_CHECKPOINT and not checkpoint:
         log.warning("model %r needs a checkpoint and none is configured: falling back to the classical "
                     "'planesweep' estimator (set checkpoint to the published weights to use %s)", name, name)
+        from .planesweep import PlaneSweepConfig
+        known = {f.name for f in fields(PlaneSweepConfig)}
+        dropped = sorted(set(options) - known)
+        if dropped:
+            log.warning("options %s were meant for %r; the plane sweep does not take them", dropped, name)
+        options = {k: v for k, v in options.items() if k in known}
         name = "planesweep"
     builder = _resolve(name)
     if name == "planesweep":
@@ -65,6 +92,8 @@ def create_model(name: str = DEFAULT_MODEL, checkpoint: Optional[str] = None, de
     try:
         return builder(checkpoint=checkpoint, device=device, **options)
     except (KeyError, IndexError, TypeError, AttributeError) as exc:  # a state dict of an unexpected structure
+        if isinstance(exc, TypeError) and "unexpected keyword argument" in str(exc):  # an option, not the weights
+            raise ValueError(f"model {name!r} does not take that option: {exc}") from exc
         raise CheckpointError(f"checkpoint {checkpoint!r} cannot be used for model {name!r} (wrong network or "
                               f"format): {type(exc).__name__}: {exc}") from exc
 

@@ -47,7 +47,7 @@ from . import conversions as C
 from . import interfaces
 from .node_base import BaseCounters, DepthNodeBase, Pending
 from .node_main import spin_node
-from .params import MVS_SPECS, MvsConfig
+from .params import MVS_SPECS, MvsConfig, ParameterError
 from .qos import make_qos
 from .sync import PoseBuffer, TopicSync, pose_message_to_matrix
 
@@ -79,11 +79,14 @@ class MvsNode(DepthNodeBase):
         log = self.get_logger()
 
         # core pipeline ------------------------------------------------------------------------------
-        options = {}
-        if cfg.n_planes and (cfg.model == "planesweep" or (cfg.model in NEEDS_CHECKPOINT and not cfg.checkpoint)):
+        options = cfg.estimator_options()
+        if cfg.n_planes and "n_planes" not in options and (cfg.model == "planesweep" or (cfg.model in NEEDS_CHECKPOINT and not cfg.checkpoint)):
             options["n_planes"] = cfg.n_planes
-        self.estimator = create_model(cfg.model, cfg.checkpoint or None, cfg.device, min_depth=cfg.min_depth,
-                                      max_depth=cfg.max_depth, **options)
+        try:
+            self.estimator = create_model(cfg.model, cfg.checkpoint or None, cfg.device, min_depth=cfg.min_depth,
+                                          max_depth=cfg.max_depth, **options)
+        except ValueError as exc:  # an option the model does not take or a value it refuses
+            raise ParameterError(f"parameters model={cfg.model!r} / model_options={cfg.model_options!r}: {exc}") from exc
         self.model_name = getattr(self.estimator, "name", cfg.model)
         kf = KeyframeConfig(buffer_size=cfg.keyframe_buffer_size, keyframe_pose_distance=cfg.keyframe_pose_distance,
                             optimal_t_measure=cfg.optimal_t_measure, tracking_lost_frames=cfg.tracking_lost_frames)

@@ -221,6 +221,9 @@ MVS_SPECS: Dict[str, Spec] = {
     "checkpoint": Spec("", "checkpoint file for a learned model ('' = none: learned models fall back to planesweep)"),
     "device": Spec("auto", "torch device", choices=("auto", "cpu", "cuda", "cuda:N")),
     "n_planes": Spec(0, "depth hypotheses of the plane sweep (0 = the model's default)", 0, 1024),
+    "model_options": Spec("", "further estimator options, KEY=VALUE separated by commas (as mvs-depth run "
+                              "--model-option), e.g. 'compile=true' for a long-running node (the first depth waits for "
+                              "the compilation: about a minute on 2 cores)"),
     "width": Spec(320, "working width (images are resized to it, K rescaled)", 8, 8192),
     "height": Spec(256, "working height", 8, 8192),
     "min_depth": Spec(0.25, "nearest depth, metres", 1e-3, 1e4),
@@ -249,6 +252,7 @@ MVS_SPECS: Dict[str, Spec] = {
 @dataclass(frozen=True)
 class MvsConfig(DepthNodeConfig):
     n_planes: int
+    model_options: str
     width: int
     height: int
     min_depth: float
@@ -268,8 +272,17 @@ class MvsConfig(DepthNodeConfig):
         from ..models.registry import available_models
         if self.model not in available_models():
             raise ParameterError(f"parameter model={self.model!r}: unknown; available: {', '.join(available_models())}")
+        try:
+            self.estimator_options()
+        except ValueError as exc:
+            raise ParameterError(f"parameter model_options={self.model_options!r}: {exc}") from exc
         if not self.min_depth < self.max_depth:
             raise ParameterError(f"parameters min_depth={self.min_depth} / max_depth={self.max_depth}: need min < max")
         if not self.world_frame:
             raise ParameterError("parameter world_frame must not be empty")
         super().__post_init__()
+
+    def estimator_options(self) -> Dict[str, Any]:
+        """``model_options`` parsed (``ValueError`` on a malformed item)."""
+        from ..models.registry import parse_model_options
+        return parse_model_options(self.model_options)
