@@ -373,6 +373,29 @@ def test_frame_queue_latest_frame_wins_or_keeps_order(frame_queue, dropped, kept
         q.stop()
 
 
+def test_frame_queue_stop_does_not_wait_past_its_timeout_for_a_slow_input():
+    """A shutdown (SIGINT) while a slow model works on an input returns after the timeout (``ros2 launch`` sends
+    SIGTERM 5 s after SIGINT) and says so; an error the abandoned input raises after stop() is not reported."""
+    import threading
+
+    from mvs_depth_ros.ros.node_base import FrameQueue, Pending
+    gate, events = threading.Event(), []
+
+    def slow(item):
+        gate.wait(10)
+        raise RuntimeError("publisher destroyed")       # what publishing on a destroyed node does
+
+    q = FrameQueue(None, slow, lambda k, it, t: events.append(k), wait_s=1.0, slot_size=1)
+    q.start()
+    q.put(Pending(0, "cam", (), time.monotonic()))
+    assert q.wait_idle(0.3) is False
+    t0 = time.monotonic()
+    assert q.stop(0.3) is False
+    assert time.monotonic() - t0 < 2.0
+    gate.set()
+    assert q.stop(5.0) is True and "error" not in events
+
+
 def test_frames_wait_for_their_pose_in_stamp_order():
     """The MessageFilter role: a frame is released when the pose at its stamp exists, in stamp order, even
     when the pose comes long after the frame; a frame whose pose never comes is dropped when its wait

@@ -29,7 +29,7 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from transforms3d.quaternions import mat2quat, quat2mat
@@ -582,10 +582,47 @@ def print_info(info: Dict[str, object]) -> None:
         print(f"  {name:<{width}}  {t['count']:>7}  {t['type']}")
 
 
-def cli_main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="mvs-depth bag", description="Convert datasets to rosbag2 and inspect bags.")
+def add_bag_cli(prog: str, description: str,
+                convert_help: str) -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The parser shared by ``mvs-depth bag`` and ``mvs-depth stereo-bag``: an ``info`` command and a ``convert``
+    command with the output options (``--out``, ``--rate``, ``--start``, ``--storage``, ``--frames``) already added;
+    returns ``(parser, convert)`` for the caller's source options."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
     sub = p.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("convert", help="DeepVideoMVS scene folder or synthetic sequence -> rosbag2")
+    c = sub.add_parser("convert", help=convert_help)
+    c.add_argument("--out", type=Path, required=True, help="output bag folder (must not exist)")
+    c.add_argument("--rate", type=float, default=10.0, help="rate of the stamps in Hz (default 10)")
+    c.add_argument("--start", type=float, default=DEFAULT_START_NS / 1e9, help="stamp of the first message, s")
+    c.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    i = sub.add_parser("info", help="topics, message counts and duration of a bag")
+    i.add_argument("bag", type=Path)
+    i.add_argument("--json", action="store_true", help="print JSON")
+    return p, c
+
+
+def run_bag_cli(parser: argparse.ArgumentParser, args: argparse.Namespace, convert: Callable[[], None]) -> int:
+    """Run the parsed command of :func:`add_bag_cli`'s parser: ``info`` here, ``convert`` by ``convert()``
+    (which prints its summary); a bag or input problem is one line on stderr and exit status 1."""
+    try:
+        if args.cmd == "info":
+            info = bag_info(args.bag)
+            print(json.dumps(info, indent=2)) if args.json else print_info(info)
+            return 0
+        if args.frames < 0:
+            parser.error("--frames must be >= 0")
+        convert()
+        return 0
+    except BagError as exc:
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as exc:   # SceneError / MiddleburyError are ValueErrors and name their file
+        print(f"{parser.prog} {args.cmd}: {exc}", file=sys.stderr)
+        return 1
+
+
+def cli_main(argv: Optional[List[str]] = None) -> int:
+    p, c = add_bag_cli("mvs-depth bag", "Convert datasets to rosbag2 and inspect bags.",
+                       "DeepVideoMVS scene folder or synthetic sequence -> rosbag2")
     src = c.add_mutually_exclusive_group(required=True)
     src.add_argument("--scene", type=Path, help="scene folder (images/, depth/, poses.txt, K.txt) or a TUM/DeMoN "
                      "pair folder (cam.txt, poses.txt, 0000.jpg, 0001.jpg, *.npy)")
@@ -594,10 +631,6 @@ def cli_main(argv: Optional[List[str]] = None) -> int:
     c.add_argument("--width", type=int, default=320, help="synthetic image width")
     c.add_argument("--height", type=int, default=240, help="synthetic image height")
     c.add_argument("--seed", type=int, default=0, help="synthetic scene seed")
-    c.add_argument("--out", type=Path, required=True, help="output bag folder (must not exist)")
-    c.add_argument("--rate", type=float, default=10.0, help="frame rate of the stamps in Hz (default 10)")
-    c.add_argument("--start", type=float, default=DEFAULT_START_NS / 1e9, help="stamp of the first frame, s")
-    c.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
     c.add_argument("--world-frame", default=BagFrames.world)
     c.add_argument("--camera-frame", default=BagFrames.camera, help="optical frame of the images")
     c.add_argument("--mount-frame", default=BagFrames.mount,
@@ -607,21 +640,9 @@ def cli_main(argv: Optional[List[str]] = None) -> int:
     c.add_argument("--camera-info-topic", default="", help="camera_info topic ('' = PREFIX/camera_info)")
     c.add_argument("--depth-topic", default="", help="ground-truth depth topic ('' = PREFIX/depth_gt), e.g. "
                    "/camera/aligned_depth_to_color/image_raw")
-    i = sub.add_parser("info", help="topics, message counts and duration of a bag")
-    i.add_argument("bag", type=Path)
-    i.add_argument("--json", action="store_true", help="print JSON")
     args = p.parse_args(argv)
 
-    try:
-        if args.cmd == "info":
-            info = bag_info(args.bag)
-            if args.json:
-                print(json.dumps(info, indent=2))
-            else:
-                print_info(info)
-            return 0
-        if args.frames < 0:
-            p.error("--frames must be >= 0")
+    def convert() -> None:
         frames, source = _frames_from_args(args)
         s = write_bag(frames, args.out, rate=args.rate, storage=args.storage,
                       topics=BagTopics.from_prefix(args.topics).with_(**{
@@ -632,13 +653,8 @@ def cli_main(argv: Optional[List[str]] = None) -> int:
         print(f"wrote {s.path}: {s.frames} frames ({s.poses} posed, {s.depth_gt} with ground truth) "
               f"at {args.rate:g} Hz, storage {args.storage}")
         print_info(bag_info(s.path))
-        return 0
-    except BagError as exc:
-        print(f"mvs-depth bag: {exc}", file=sys.stderr)
-        return 1
-    except (ValueError, OSError) as exc:   # SceneError is a ValueError and names its file
-        print(f"mvs-depth bag {args.cmd}: {exc}", file=sys.stderr)
-        return 1
+
+    return run_bag_cli(p, args, convert)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,7 +23,6 @@ right P's ``Tx``, ``doffs`` from the two principal points, pose from TF and grou
 """
 from __future__ import annotations
 
-import argparse
 import bisect
 import json
 import logging
@@ -38,9 +37,9 @@ import numpy as np
 from ..core.frame import StereoFrame
 from ..core.stereo import disparity_to_depth
 from .bag_topics import CUSTOM_FRAMES_KEY, CUSTOM_SOURCE_KEY, T_link_optical
-from .bags import (CAMERA_INFO_T, DEFAULT_START_NS, IMAGE_T, TF_T, BagError, TfTimeline, open_writer, print_info, bag_qos,
-                   bag_info, camera_info_msg, decode_depth, decode_image, frame_names, image_msg, iter_messages,
-                   open_bag, stamp_to_ns, tf_message, transform_stamped, typestore)
+from .bags import (CAMERA_INFO_T, DEFAULT_START_NS, IMAGE_T, TF_T, BagError, TfTimeline, add_bag_cli, bag_info,
+                   bag_qos, camera_info_msg, decode_depth, decode_image, frame_names, image_msg, iter_messages,
+                   open_bag, open_writer, print_info, run_bag_cli, stamp_to_ns, tf_message, transform_stamped, typestore)
 
 log = logging.getLogger(__name__)
 
@@ -327,10 +326,8 @@ def _frames_from_args(args) -> Tuple[List[StereoFrame], str]:
 
 def cli_main(argv: Optional[List[str]] = None) -> int:
     """``mvs-depth stereo-bag convert|info``."""
-    p = argparse.ArgumentParser(prog="mvs-depth stereo-bag",
-                                description="Convert stereo datasets (synthetic stereo video, Middlebury) to rosbag2.")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("convert", help="synthetic stereo video or a Middlebury pair -> rosbag2")
+    p, c = add_bag_cli("mvs-depth stereo-bag",
+                       "Convert stereo datasets (synthetic stereo video, Middlebury) to rosbag2.", "synthetic stereo video or a Middlebury pair -> rosbag2")
     src = c.add_mutually_exclusive_group(required=True)
     src.add_argument("--synthetic", action="store_true", help="render a rectified stereo video with exact disparity")
     src.add_argument("--middlebury", type=Path, help="Middlebury 2014 scene folder (im0.png, im1.png, calib.txt, "
@@ -341,26 +338,14 @@ def cli_main(argv: Optional[List[str]] = None) -> int:
     c.add_argument("--baseline", type=float, default=0.1, help="synthetic baseline, metres")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--moving-object", action="store_true", help="synthetic: a box moving in the scene")
-    c.add_argument("--out", type=Path, required=True, help="output bag folder (must not exist)")
-    c.add_argument("--rate", type=float, default=10.0, help="pair rate of the stamps in Hz")
-    c.add_argument("--start", type=float, default=DEFAULT_START_NS / 1e9, help="stamp of the first pair, s")
-    c.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
     c.add_argument("--prefix", default="/stereo", help="topic prefix of left/..., right/...")
     c.add_argument("--world-frame", default=StereoBagFrames.world)
     c.add_argument("--left-frame", default=StereoBagFrames.left)
     c.add_argument("--right-frame", default=StereoBagFrames.right)
     c.add_argument("--mount-frame", default=StereoBagFrames.mount, help="rig body frame ('' = none)")
-    i = sub.add_parser("info", help="topics, message counts and duration of a bag")
-    i.add_argument("bag", type=Path)
-    i.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    try:
-        if args.cmd == "info":
-            info = bag_info(args.bag)
-            print(json.dumps(info, indent=2)) if args.json else print_info(info)
-            return 0
-        if args.frames < 0:
-            p.error("--frames must be >= 0")
+
+    def convert() -> None:
         frames, source = _frames_from_args(args)
         s = write_stereo_bag(frames, args.out, rate=args.rate, storage=args.storage,
                              topics=StereoBagTopics.from_prefix(args.prefix),
@@ -370,13 +355,8 @@ def cli_main(argv: Optional[List[str]] = None) -> int:
         print(f"wrote {s.path}: {s.frames} pairs ({s.poses} posed, {s.ground_truth} with ground truth) at "
               f"{args.rate:g} Hz, storage {args.storage}")
         print_info(bag_info(s.path))
-        return 0
-    except BagError as exc:
-        print(f"mvs-depth stereo-bag: {exc}", file=sys.stderr)
-        return 1
-    except (ValueError, OSError) as exc:   # MiddleburyError is a ValueError and names its file
-        print(f"mvs-depth stereo-bag {args.cmd}: {exc}", file=sys.stderr)
-        return 1
+
+    return run_bag_cli(p, args, convert)
 
 
 __all__ = ["StereoBagFrames", "StereoBagTopics", "StereoReadCounters", "StereoWriteSummary", "cli_main",

@@ -170,7 +170,8 @@ class FrameQueue:
             try:
                 self.process(item)
             except Exception as exc:  # noqa: BLE001 - the node must survive anything one input does
-                self.on_event("error", item, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+                if not self._stop.is_set():  # after stop() the node may be gone: its publishers fail, not the input
+                    self.on_event("error", item, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
             finally:
                 with self._cv:
                     self._busy = False
@@ -204,13 +205,17 @@ class FrameQueue:
             self._ready.clear()
             return n
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop the threads: waits up to ``timeout`` s in all for the input being processed; False if it is still
+        running then (the daemon worker ends when that input returns, or with the process)."""
         self._stop.set()
         with self._cv:
             self._cv.notify_all()
+        deadline = time.monotonic() + timeout
         for t in self._threads:
             if t.is_alive() and t is not threading.current_thread():
-                t.join(timeout)
+                t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() and t is not threading.current_thread() for t in self._threads)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -604,9 +609,14 @@ class DepthNodeBase(_Node):  # type: ignore[misc,valid-type]
         """True when no input waits for its pose or the worker and none is being processed."""
         return self.queue is None or self.queue.idle()
 
+    #: seconds a shutdown (SIGINT, end of the bag) waits for the input being processed: ``ros2 launch`` escalates
+    #: to SIGTERM 5 s after its SIGINT, and a keyframe of a slow model on a loaded CPU can take longer than that
+    SHUTDOWN_WAIT_S = 2.0
+
     def shutdown(self) -> None:
-        if self.queue is not None:
-            self.queue.stop()
+        if self.queue is not None and not self.queue.stop(self.SHUTDOWN_WAIT_S):
+            self.get_logger().warning(f"shutting down without the {self.INPUT} in progress (still being processed "
+                                      f"after {self.SHUTDOWN_WAIT_S:g} s; its result is dropped)")
 
     def destroy_node(self):
         self.shutdown()
