@@ -167,10 +167,9 @@ def _unpack(keys: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def _source_points(src: "KeyframeDepth", min_confidence: float, stride: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The source's valid pixels back-projected into its own camera, ``(3, M)`` float32, and a ``(M, 2)``
-    int32 scratch of packed keys whose low words hold their confidence bits (the high words take each
-    target's depth bits): computed once per keyframe (and gate), re-used for every target it is splatted
-    into. ``stride``: every ``stride``-th pixel along each axis only."""
+    """The source's valid pixels back-projected into its own camera, ``(3, M)`` float32, and their confidence
+    bits ``(M,)`` int32 (the low words of their packed keys): computed once per keyframe (and gate), re-used
+    for every target it is splatted into. ``stride``: every ``stride``-th pixel along each axis only."""
     key = ("points", float(min_confidence), stride)
     hit = src.cache.get(key)
     if hit is not None:
@@ -189,10 +188,9 @@ def _source_points(src: "KeyframeDepth", min_confidence: float, stride: int = 1)
     sel = np.flatnonzero(ok)
     rays = np.linalg.inv(np.asarray(src.K, np.float64)) @ grid[:, sel]
     X = torch.from_numpy((rays * d[sel]).astype(np.float32))
-    pair = torch.zeros((sel.size, 2), dtype=torch.int32)
-    pair[:, 0] = torch.from_numpy(c[sel].copy()).view(torch.int32)        # little-endian: the low word
-    src.cache[key] = (X, pair)
-    return X, pair
+    cbits = torch.from_numpy(c[sel].copy()).view(torch.int32)
+    src.cache[key] = (X, cbits)
+    return X, cbits
 
 
 def _splat_keys(sources: Sequence["KeyframeDepth"], K: np.ndarray, T_world_cam: np.ndarray, height: int,
@@ -215,30 +213,46 @@ def _splat_keys(sources: Sequence["KeyframeDepth"], K: np.ndarray, T_world_cam: 
     K_t = np.asarray(K, np.float64)
     buf = _workspace((columns, hp, wp))
     buf.fill_(_EMPTY)
-    P, pairs, cols, counts = [], [], [], []
+    used, cols, counts = [], [], []
     for s, src in enumerate(sources):
-        X, pair = _source_points(src, min_confidence, stride)
+        X, cbits = _source_points(src, min_confidence, stride)
         if X.shape[1] == 0:
             continue
-        M = T_inv @ np.asarray(src.T_world_cam, np.float64)
-        P.append(torch.addmm(torch.from_numpy((K_t @ M[:3, 3:]).astype(np.float32)),
-                             torch.from_numpy((K_t @ M[:3, :3]).astype(np.float32)), X))
-        pairs.append(pair)
+        used.append((src, X, cbits))
         cols.append((first + s) * hp * wp + wp + 1)
         counts.append(X.shape[1])
-    if P:
-        # all sources at once (at the coarse grid's ~20k points per source, per-op overhead dominates)
-        P = torch.cat(P, 1) if len(P) > 1 else P[0]
+    if used:
+        # all sources at once (at the coarse grid's ~20k points per source, per-op overhead dominates): each
+        # source's projection written straight into its columns of one (3, N) array, its confidence words into
+        # its rows of the (N, 2) keys (no concatenation copies)
+        N = sum(counts)
+        P = torch.empty((3, N), dtype=torch.float32)
+        key = torch.empty((N, 2), dtype=torch.int32)
+        a = 0
+        for (src, X, cbits), cnt in zip(used, counts):
+            M = T_inv @ np.asarray(src.T_world_cam, np.float64)
+            torch.addmm(torch.from_numpy((K_t @ M[:3, 3:]).astype(np.float32)),
+                        torch.from_numpy((K_t @ M[:3, :3]).astype(np.float32)), X, out=P[:, a:a + cnt])
+            key[a:a + cnt, 0] = cbits                                  # little-endian: the low word
+            a += cnt
         z = P[2]
         uv = P[:2] * z.reciprocal()
         u = uv[0].clamp_(-1.0, float(width)).round_()                # outside the image: onto the ring
         v = uv[1].clamp_(-1.0, float(height)).round_()
-        lin = v.mul_(wp).add_(u).long()                               # exact in float32: < 2**24
-        lin += torch.repeat_interleave(torch.tensor(cols), torch.tensor(counts))   # column + ring offset
+        lin = v.mul_(wp).add_(u)                                      # exact in float32: < 2**24
+        if buf.numel() < 2 ** 24:
+            # column + ring offset: per source, on its contiguous run of points (exact in float32 below 2**24,
+            # no (points,) int64 offset vector to build)
+            a = 0
+            for off, cnt in zip(cols, counts):
+                lin[a:a + cnt] += off
+                a += cnt
+            lin = lin.long()
+        else:
+            lin = lin.long() + torch.repeat_interleave(torch.tensor(cols), torch.tensor(counts))
         behind = z <= 1e-6
         if bool(behind.any()):
             lin[behind] = 0                                           # a ring pixel: never lands
-        key = torch.cat(pairs) if len(pairs) > 1 else pairs[0].clone()
         key[:, 1] = z.view(torch.int32)                               # the high word: depth bits
         buf.view(-1).scatter_reduce_(0, lin, key.view(torch.int64).view(-1), reduce="amin")   # the z-buffer
     buf[:, 0], buf[:, -1], buf[:, :, 0], buf[:, :, -1] = _EMPTY, _EMPTY, _EMPTY, _EMPTY
@@ -246,13 +260,13 @@ def _splat_keys(sources: Sequence["KeyframeDepth"], K: np.ndarray, T_world_cam: 
         # 3x3 minimum on the flat buffer (contiguous shifted slices: ~3x faster than 2-D strided ones): entry k of
         # `near` is the minimum around flat position k + wp + 1. An image pixel's 3x3 neighbourhood stays inside
         # its padded image; the ring's own values (wrapped across rows and columns) are never read as pixels
-        f = buf.view(-1)
+        f = buf[first:first + len(sources)].view(-1)                 # the other columns are empty
         row = torch.minimum(f[:-2], f[1:-1])
         torch.minimum(row, f[2:], out=row)
         near = torch.minimum(row[:-2 * wp], row[wp:-wp])
         torch.minimum(near, row[2 * wp:], out=near)
         mid = f[wp + 1:f.numel() - wp - 1]
-        mid.copy_(torch.where(mid == _EMPTY, near, mid))
+        torch.where(mid == _EMPTY, near, mid, out=mid)
     return buf
 
 
