@@ -401,8 +401,11 @@ class PlaneSweepEstimator(DepthEstimator):
     # its low-confidence depth is often far off (textureless areas): re-projected, it would win z-buffers and
     # votes it does not deserve, and filling cracks with the nearest point spreads it (HoloLens sample, causal
     # fusion: abs_rel 0.1260 without the gate, 0.1153 with a 0.45 gate and no crack filling, 0.1132 at 0.7);
-    # the fused state comes back as a depth prior (``prior_weight``; 0.1075 with it; README)
-    fusion_defaults = {"min_source_confidence": 0.7, "fill_holes": False, "prior": True}
+    # the fused state comes back as a depth prior (``prior_weight``; 0.1075 with it; README). Its depth is
+    # upsampled bilinearly from the half-resolution cost volume, so every depth edge is a ramp between the two
+    # surfaces: its own edge pixels do not vote against re-projected depth either (``edge_current``; with the prior
+    # and the discontinuity test ``edge_rel`` of every estimator: 0.1065 without, 0.1057 with)
+    fusion_defaults = {"min_source_confidence": 0.7, "fill_holes": False, "prior": True, "edge_current": True}
     accepts_prior = True
     preferred_measurement_frames = None
 
