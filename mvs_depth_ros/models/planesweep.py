@@ -77,7 +77,9 @@ class PlaneSweepConfig:
     #: per-pixel narrowing of the sweep range around the prior. 0 = the prior is ignored. The pipeline hands
     #: one over with causal temporal fusion (``fusion_defaults["prior"]``); chosen on the HoloLens sample
     #: (causal fusion, 2 measurement frames, dense abs_rel: 0.1132 without, 0.1075 with 0.05 / 0.1; weights
-    #: 0.1-1.0 feed the fused errors back into the sweep: 0.112-0.19; README)
+    #: 0.1-1.0 feed the fused errors back into the sweep: 0.112-0.19; README). With the fusion's discontinuity
+    #: test (``FusionConfig.edge_rel``; bench_video_pipeline 2026-12-08 00:52-01:01 UTC): 0.1113 without, 0.1057
+    #: with (0.1 / 0.1 and 0.05 / 0.07 measured with a first version of that test: no better)
     prior_weight: float = 0.05
     prior_band: float = 0.1
 
