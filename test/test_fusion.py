@@ -2,9 +2,11 @@
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from mvs_depth_ros.core.frame import DepthResult, Frame
-from mvs_depth_ros.core.fusion import FusionConfig, KeyframeDepth, TemporalFusion, fuse_offline, splat_depth
+from mvs_depth_ros.core.fusion import (FusionConfig, KeyframeDepth, TemporalFusion, _edges, fuse_keyframe, fuse_offline,
+                                       splat_depth)
 from mvs_depth_ros.core.keyframes import KeyframeConfig, KeyframeStatus
 from mvs_depth_ros.core.pipeline import PipelineConfig, VideoPipeline
 from mvs_depth_ros.data.synthetic import render_sequence
@@ -221,7 +223,7 @@ def test_evidence_stride_fuses_like_full_resolution(seq, stride):
 
 
 def test_prior_is_the_last_fused_keyframe_reprojected(seq):
-    fusion = TemporalFusion(FusionConfig(window=4, prior=True, evidence_stride=1))
+    fusion = TemporalFusion(FusionConfig(window=4, prior=True, evidence_stride=1, edge_rel=0.0))
     f0, f1 = seq.frames[0], seq.frames[6]
     assert fusion.prior(f0.K, f0.T_world_cam, H, W) is None
     out = fusion.step(f0.depth_gt, np.ones((H, W), np.float32), f0.K, f0.T_world_cam)
@@ -236,6 +238,14 @@ def test_prior_is_the_last_fused_keyframe_reprojected(seq):
     fusion.reset()
     assert fusion.prior(f0.K, f0.T_world_cam, H, W) is None
     assert TemporalFusion(FusionConfig(window=4)).config.prior is False
+    # with the discontinuity test (default): the same map except at its depth edges (not re-projected; their
+    # one-pixel cracks filled by a neighbour)
+    edged = TemporalFusion(FusionConfig(window=4, prior=True, evidence_stride=1))
+    out = edged.step(f0.depth_gt, np.ones((H, W), np.float32), f0.K, f0.T_world_cam)
+    d, _ = edged.prior(f0.K, f0.T_world_cam, H, W)
+    edge = _edges(torch.from_numpy(out.depth), torch.from_numpy(np.isfinite(out.depth)), 0.07).numpy()
+    assert 0 < edge.mean() < 0.1
+    np.testing.assert_allclose(d[~edge], out.depth[~edge], rtol=1e-5)
     # on the default 2x coarser evidence grid: each 2x2 cell takes one re-projected point
     coarse = TemporalFusion(FusionConfig(window=4, prior=True))
     coarse.step(f0.depth_gt, np.ones((H, W), np.float32), f0.K, f0.T_world_cam)
@@ -268,3 +278,79 @@ def test_pipeline_feeds_the_prior_to_estimators_that_take_it(seq, prior):
         assert all(p is not None and p[0].shape == (H, W) and np.isfinite(p[0]).mean() > 0.5 for p in est.priors[1:])
     else:
         assert all(p is None for p in est.priors)
+
+
+def test_depth_discontinuities_are_not_reprojected():
+    """A step between two fronto-parallel planes with one column of depth between them (what bilinear upsampling
+    of a coarser depth map makes at every edge): with ``edge_rel`` the step's pixels stay home, so no depth
+    between the two surfaces lands anywhere; an isolated outlier is dropped, its neighbours are kept."""
+    K = np.array([[100.0, 0, 40], [0, 100.0, 30], [0, 0, 1]])
+    depth = np.full((60, 80), 2.0, np.float32)
+    depth[:, 41:] = 4.0
+    depth[:, 40] = 1.0 / (0.5 / 2.0 + 0.5 / 4.0)           # halfway in inverse depth
+    depth[10, 10] = 8.0
+    src = KeyframeDepth(depth, np.ones_like(depth), K, np.eye(4))
+    everything, _ = splat_depth([src], K, np.eye(4), 60, 80)
+    np.testing.assert_array_equal(everything[0], depth)     # same camera: every pixel on itself
+    kept, _ = splat_depth([src], K, np.eye(4), 60, 80, edge_rel=0.07)
+    dropped = np.isnan(kept[0])
+    expect = np.zeros_like(dropped)
+    expect[1:-1, 39:42] = True          # the step's two sides and the column between (3 differing neighbours)
+    expect[10, 10] = True               # the outlier (8 differing neighbours); its neighbours have one each
+    expect[[0, -1], 40] = True          # image border: the outside does not count (the sides there: 2 of 5)
+    np.testing.assert_array_equal(dropped, expect)
+    landed = kept[0][~dropped]
+    assert np.all((np.abs(landed - 2.0) < 1e-5) | (np.abs(landed - 4.0) < 1e-5))
+    # moved sideways: the far plane shows through where the step's pixels would have landed, nothing between
+    T = np.eye(4)
+    T[0, 3] = 0.1
+    moved, _ = splat_depth([src], K, T, 60, 80, edge_rel=0.07)
+    landed = moved[0][np.isfinite(moved[0])]
+    assert np.all((np.abs(landed - 2.0) < 1e-4) | (np.abs(landed - 4.0) < 1e-4))
+    with pytest.raises(ValueError):
+        FusionConfig(edge_rel=-0.1)
+
+
+def test_new_prediction_edges_do_not_vote_with_edge_current():
+    """A spike in the new prediction (twice the weight of one re-projected keyframe): it wins the median unless its
+    edge pixels do not vote (``edge_current``); then the re-projected plane decides."""
+    K = np.array([[100.0, 0, 40], [0, 100.0, 30], [0, 0, 1]])
+    plane = np.full((60, 80), 2.0, np.float32)
+    new = plane.copy()
+    new[30, 40] = 4.0
+    ones = np.ones_like(plane)
+    others = [KeyframeDepth(plane, ones, K, np.eye(4))]
+    for edge_current, expect in ((False, 4.0), (True, 2.0)):
+        cfg = FusionConfig(evidence_stride=1, edge_current=edge_current)
+        out = fuse_keyframe(new, ones, K, np.eye(4), others, cfg)
+        assert out.depth[30, 40] == pytest.approx(expect, rel=1e-5)
+        np.testing.assert_allclose(np.delete(out.depth.reshape(-1), 30 * 80 + 40), 2.0, rtol=1e-5)
+
+
+def test_contradicted_pixels_pass_through_without_confidence():
+    """On the coarse evidence grid a pixel that contradicts its cell's median (here its cell's own sample of the
+    new prediction, no re-projected keyframe landing) keeps its depth but loses its confidence; its agreeing
+    cell-mates keep theirs."""
+    K = np.array([[100.0, 0, 40], [0, 100.0, 30], [0, 0, 1]])
+    new = np.full((60, 80), 2.0, np.float32)
+    new[21:40:2, 21:40:2] = 3.0                 # odd pixels of the cells: not the cells' samples (even pixels)
+    conf = np.full_like(new, 0.8)
+    nothing = KeyframeDepth(np.full_like(new, np.nan), conf, K, np.eye(4))
+    out = fuse_keyframe(new, conf, K, np.eye(4), [nothing], FusionConfig(evidence_stride=2))
+    np.testing.assert_array_equal(out.depth, new)                   # never dropped
+    odd = new == 3.0
+    assert np.all(out.confidence[odd] == 0.0)
+    np.testing.assert_allclose(out.confidence[~odd], 0.8, rtol=1e-6)
+
+
+def test_sources_splatted_together_equal_each_alone(seq):
+    """All sources are projected and scattered in one go (per-source column offsets): the same as one by one."""
+    tgt = seq.frames[10]
+    srcs = [_kf(seq.frames[i].depth_gt, seq.frames[i], np.full((H, W), 0.25 * (j + 1), np.float32))
+            for j, i in enumerate((2, 5, 8, 12))]
+    d, c = splat_depth(srcs, tgt.K, tgt.T_world_cam, H, W, edge_rel=0.07)
+    for j, s in enumerate(srcs):
+        d1, c1 = splat_depth([s], tgt.K, tgt.T_world_cam, H, W, edge_rel=0.07)
+        np.testing.assert_array_equal(d[j], d1[0])
+        np.testing.assert_array_equal(c[j], c1[0])
+        assert np.isfinite(d[j]).mean() > 0.5

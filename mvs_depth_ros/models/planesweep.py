@@ -77,7 +77,9 @@ class PlaneSweepConfig:
     #: per-pixel narrowing of the sweep range around the prior. 0 = the prior is ignored. The pipeline hands
     #: one over with causal temporal fusion (``fusion_defaults["prior"]``); chosen on the HoloLens sample
     #: (causal fusion, 2 measurement frames, dense abs_rel: 0.1132 without, 0.1075 with 0.05 / 0.1; weights
-    #: 0.1-1.0 feed the fused errors back into the sweep: 0.112-0.19; README)
+    #: 0.1-1.0 feed the fused errors back into the sweep: 0.112-0.19; README). With the fusion's discontinuity
+    #: test (``FusionConfig.edge_rel``; bench_video_pipeline 2026-12-08 00:52-01:01 UTC): 0.1113 without, 0.1057
+    #: with (0.1 / 0.1 and 0.05 / 0.07 measured with a first version of that test: no better)
     prior_weight: float = 0.05
     prior_band: float = 0.1
 
@@ -401,8 +403,11 @@ class PlaneSweepEstimator(DepthEstimator):
     # its low-confidence depth is often far off (textureless areas): re-projected, it would win z-buffers and
     # votes it does not deserve, and filling cracks with the nearest point spreads it (HoloLens sample, causal
     # fusion: abs_rel 0.1260 without the gate, 0.1153 with a 0.45 gate and no crack filling, 0.1132 at 0.7);
-    # the fused state comes back as a depth prior (``prior_weight``; 0.1075 with it; README)
-    fusion_defaults = {"min_source_confidence": 0.7, "fill_holes": False, "prior": True}
+    # the fused state comes back as a depth prior (``prior_weight``; 0.1075 with it; README). Its depth is
+    # upsampled bilinearly from the half-resolution cost volume, so every depth edge is a ramp between the two
+    # surfaces: its own edge pixels do not vote against re-projected depth either (``edge_current``; with the prior
+    # and the discontinuity test ``edge_rel`` of every estimator: 0.1065 without, 0.1057 with)
+    fusion_defaults = {"min_source_confidence": 0.7, "fill_holes": False, "prior": True, "edge_current": True}
     accepts_prior = True
     preferred_measurement_frames = None
 
