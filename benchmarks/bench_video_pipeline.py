@@ -89,7 +89,7 @@ from mvs_depth_ros.core.pipeline import PipelineConfig, StepResult, VideoPipelin
 from mvs_depth_ros.data.scenes import load_scene, read_keyframe_index
 from mvs_depth_ros.eval.metrics import aggregate, depth_metrics, write_metrics_json
 from mvs_depth_ros.models.base import recommended_threshold
-from mvs_depth_ros.models.registry import create_model
+from mvs_depth_ros.models.registry import create_model, parse_model_options
 from mvs_depth_ros.recon.consistency import ConsistencyConfig, filter_depth_maps, select_neighbors
 
 INDEX = "keyframe+hololens-dataset+000+nmeas+{}"
@@ -268,19 +268,19 @@ def table(rows: List[dict]) -> str:
     return "\n".join(lines)
 
 
-def make_estimator(key: str, shared: Path, device: str, tmp: Path):
+def make_estimator(key: str, shared: Path, device: str, tmp: Path, options: Optional[dict] = None):
     """(estimator, official abs_rel or None, official a1 or None) of a ``--models`` entry: the published
     weights of ``bench_mvs_accuracy.MODELS``, or a ``bench_models.CONFIGS`` name (planesweep; fixture-generated
-    weights for the models without published ones here: they run, their accuracy means nothing)."""
+    weights for the models without published ones here: they run, their accuracy means nothing); ``options``:
+    further estimator options (``--model-option``)."""
     if key in MODELS:
         model, ck_parts, off_rel, off_a1 = MODELS[key]
         return (create_model(model, checkpoint=str(shared.joinpath(*ck_parts)), device=device, min_depth=MIN_DEPTH,
-                             max_depth=MAX_DEPTH), off_rel, off_a1)
+                             max_depth=MAX_DEPTH, **(options or {})), off_rel, off_a1)
     if key not in CONFIGS:
         raise SystemExit(f"unknown model {key!r}: one of {', '.join([*MODELS, *CONFIGS])}")
     model, ck, extra = CONFIGS[key]
-    options = dict(o.split("=", 1) for o in extra[1::2])
-    options = {k: int(v) if v.isdigit() else v for k, v in options.items()}
+    fixed = parse_model_options(extra[1::2])
     if ck and ck.startswith("generated:"):
         ck = generated_checkpoint(model, ck.split(":", 1)[1], tmp)
         if ck is None:
@@ -288,7 +288,7 @@ def make_estimator(key: str, shared: Path, device: str, tmp: Path):
     elif ck:
         ck = shared / ck
     return (create_model(model, checkpoint=str(ck) if ck else None, device=device, min_depth=MIN_DEPTH,
-                         max_depth=MAX_DEPTH, **options), None, None)
+                         max_depth=MAX_DEPTH, **{**fixed, **(options or {})}), None, None)
 
 
 def main(argv=None) -> int:
@@ -304,6 +304,8 @@ def main(argv=None) -> int:
     ap.add_argument("--filter-on", default="a", help="inference rows the d/e filters are applied to (a, b, c<N>)")
     ap.add_argument("--frames", type=int, default=0, help="first N reference frames only (0 = all 146; smoke test)")
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    ap.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="estimator option for every --models entry (as mvs-depth run), repeatable")
     ap.add_argument("--no-index", action="store_true", help="skip the official-index rows a and b")
     ap.add_argument("--no-fusion", action="store_true", help="skip the temporal fusion rows c<N>+fc / c<N>+fo")
     ap.add_argument("--fusion-window", type=int, default=FusionConfig.window)
@@ -341,7 +343,8 @@ def main(argv=None) -> int:
     out = {}
     tmp = tempfile.TemporaryDirectory()
     for key in [m.strip() for m in args.models.split(",") if m.strip()]:
-        est, off_rel, off_a1 = make_estimator(key, shared, args.device, Path(tmp.name))
+        est, off_rel, off_a1 = make_estimator(key, shared, args.device, Path(tmp.name),
+                                              parse_model_options(args.model_option))
         runs: Dict[str, Tuple[str, Run]] = {}
         t0 = time.perf_counter()
         if not args.no_index:
