@@ -1,6 +1,6 @@
 """Classical multi-view plane sweep: the package's default estimator (no weights).
 
-Algorithm (all tensor ops in torch, so it runs on CPU or CUDA):
+Algorithm (tensor ops in torch, so it runs on CPU or CUDA; on CPU the aggregation runs a compiled kernel):
 
 1. **Cost volume** at ``cost_scale`` of the working resolution (half by default): fronto-parallel planes
    uniform in inverse depth (:func:`mvs_depth_ros.core.geometry.inverse_depth_planes`), each measurement
@@ -9,8 +9,10 @@ Algorithm (all tensor ops in torch, so it runs on CPU or CUDA):
    measurement image (or behind it) are left out of the per-view average; a pixel no view sees at a plane
    gets a neutral cost, and a pixel no view sees at any plane is invalid (NaN). Pixels whose reference
    window has no texture get the neutral cost everywhere (flat curve -> low confidence).
-2. **Semi-global aggregation** (:func:`sgm_aggregate`) along 8 (or 4) scanline directions; one Python
-   loop step handles a whole row for all downward and upward passes at once (:func:`sgm_scan_rows`).
+2. **Semi-global aggregation** (:func:`sgm_aggregate`) along 8 (or 4) scanline directions: on CPU a compiled
+   numba kernel (:mod:`mvs_depth_ros.models.sgm_numba`, the same float32 operations in the same order);
+   elsewhere (or without numba) torch, one Python loop step per row for all downward and upward passes at
+   once (:func:`sgm_scan_rows`, the reference).
 3. **Winner and sub-plane refinement**: winner-take-all on the aggregated cost, parabola fit in plane
    index, i.e. in inverse depth, the planes being uniform in it (:func:`subplane_refine`, equiangular
    fit by default).
@@ -36,6 +38,7 @@ import torch.nn.functional as F
 
 from ..core.frame import DepthResult, Frame, scale_intrinsics
 from ..core.geometry import inverse_depth_planes
+from . import sgm_numba
 from .base import DepthEstimator
 
 # ----------------------------------------------------------------------------------------------------
@@ -294,9 +297,24 @@ def sgm_aggregate(cost: torch.Tensor, gray: torch.Tensor, p1: float, p2: float, 
     """
     if paths not in (4, 8):
         raise ValueError(f"paths must be 4 or 8, got {paths}")
-    rows = sgm_scan_rows(cost, gray, (0, 1, -1) if paths == 8 else (0,), p1, p2, p2_edge)
-    cols = sgm_scan_rows(cost.transpose(1, 2).contiguous(), gray.t().contiguous(), (0,), p1, p2, p2_edge)
+    scan = _sgm_scan_rows_compiled if _use_compiled_sgm(cost) else sgm_scan_rows
+    rows = scan(cost, gray, (0, 1, -1) if paths == 8 else (0,), p1, p2, p2_edge)
+    cols = scan(cost.transpose(1, 2).contiguous(), gray.t().contiguous(), (0,), p1, p2, p2_edge)
     return rows.add_(cols.transpose(1, 2))
+
+
+def _use_compiled_sgm(cost: torch.Tensor) -> bool:
+    """The compiled kernel (:mod:`.sgm_numba`) runs float32 CPU volumes; the torch scan the rest (CUDA)."""
+    return cost.device.type == "cpu" and cost.dtype == torch.float32 and sgm_numba.AVAILABLE
+
+
+def _sgm_scan_rows_compiled(cost: torch.Tensor, gray: torch.Tensor, shifts: Sequence[int], p1: float, p2: float,
+                            p2_edge: float) -> torch.Tensor:
+    """:func:`sgm_scan_rows` by the compiled CPU kernel (same float32 operations in the same order)."""
+    pen = [_edge_penalty(gray, 1, sh, p2, p2_edge) for sh in shifts]
+    pen += [_edge_penalty(gray, -1, sh, p2, p2_edge) for sh in shifts]
+    out = sgm_numba.scan_rows(cost.detach().numpy(), torch.stack(pen).numpy(), shifts, p1)
+    return torch.from_numpy(out)
 
 
 def subplane_refine(cost: torch.Tensor, idx: torch.Tensor, fit: str = "parabola") -> torch.Tensor:
@@ -359,9 +377,10 @@ def confidence_from_costs(agg: torch.Tensor, idx: torch.Tensor, match_cost: torc
 
 @contextlib.contextmanager
 def _one_intra_op_thread(device: torch.device):
-    """Run the block with one torch intra-op thread on CPU (restored after). The SGM row loop issues ~10 small
-    ops per row (~60k elements each at 320x256): splitting each across threads costs a synchronisation per op,
-    which is the larger part of the time with 2 threads, dramatically so on a loaded machine."""
+    """Run the block with one torch intra-op thread on CPU (restored after). The torch SGM row loop
+    (:func:`sgm_scan_rows`, used on CPU only without numba) issues ~10 small ops per row (~60k elements each at
+    320x256): splitting each across threads costs a synchronisation per op, which is the larger part of the time
+    with 2 threads, dramatically so on a loaded machine."""
     n = torch.get_num_threads()
     if device.type != "cpu" or n <= 1:
         yield
@@ -413,6 +432,9 @@ class PlaneSweepEstimator(DepthEstimator):
         inv = 1.0 / inverse_depth_planes(self.min_depth, self.max_depth, self.config.n_planes)
         #: inverse depths of the planes, increasing with index (far -> near)
         self._inv_planes = torch.tensor(inv, dtype=torch.float32, device=self.device)
+        if self.config.sgm_paths and self.device.type == "cpu" and sgm_numba.AVAILABLE:
+            # compile the SGM kernel now (or load it from numba's disk cache: ~0.1 s), not in the first estimate
+            sgm_numba.warm_up()
 
     # -- helpers ------------------------------------------------------------------------------------
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
