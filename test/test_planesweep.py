@@ -133,7 +133,7 @@ def test_sgm_compiled_kernel_matches_torch_scan(shifts, p2_edge):
     """The numba CPU kernel against the torch row scan (the reference, still what CUDA runs): the same float32
     operations in the same order, so equal up to float rounding (in practice bit-equal)."""
     from mvs_depth_ros.models import planesweep as ps
-    if not ps.sgm_numba.AVAILABLE:
+    if not ps.planesweep_numba.AVAILABLE:
         pytest.skip("numba not installed")
     rng = np.random.default_rng(5)
     cost = torch.from_numpy(rng.random((9, 13, 17)).astype(np.float32))
@@ -147,6 +147,29 @@ def test_sgm_compiled_kernel_matches_torch_scan(shifts, p2_edge):
     rows = sgm_scan_rows(cost, gray, (0, 1, -1), 0.1, 0.6, p2_edge)
     cols = sgm_scan_rows(cost.transpose(1, 2).contiguous(), gray.t().contiguous(), (0,), 0.1, 0.6, p2_edge)
     np.testing.assert_allclose(agg.numpy(), (rows + cols.transpose(1, 2)).numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("window,size", [(7, (W // 2, H // 2)), (5, (W, H)), (3, (11, 9))])
+def test_compiled_view_cost_matches_torch(window, size, monkeypatch):
+    """The fused numba warp + ZNCC (CPU) against the torch path (grid_sample + box filters, what CUDA runs):
+    equal up to float rounding, the same visibility counts."""
+    from mvs_depth_ros.models import planesweep as ps
+    if not ps.planesweep_numba.AVAILABLE:
+        pytest.skip("numba not installed")
+    ref_f, meas, _ = plane_scene(normal=(0.2, -0.1, 1.0), d=1.5, seed=4)
+    est = build(device="cpu")
+    w, h = size
+    ref, K_ref = est._pyramid_level(ref_f, w, h)
+    srcs, Ks = zip(*(est._pyramid_level(m, w, h) for m in meas))
+    Ts = [est._tensor(np.linalg.inv(m.T_world_cam) @ ref_f.T_world_cam) for m in meas]
+    mu, sigma = ps.window_stats(ref, window)
+    depths = 1.0 / est._inv_planes
+    args = (ref, mu, sigma, srcs, K_ref, Ks, Ts, depths, window, 0.5)
+    cost, count = ps._view_cost(*args)
+    monkeypatch.setattr(ps.planesweep_numba, "AVAILABLE", False)
+    cost_t, count_t = ps._view_cost(*args)
+    assert torch.equal(count, count_t) and count.min() == 0 and count.max() == len(meas)
+    np.testing.assert_allclose(cost.numpy(), cost_t.numpy(), rtol=0, atol=2e-5)
 
 
 def test_subplane_refine_recovers_vertex():
