@@ -301,7 +301,8 @@ class MVSNet(nn.Module):
             raise ValueError(f"need a reference and >= 1 source with one grid each, "
                              f"got {V} views and {grids.shape[1]} grids")
         if (self.align_corners and features.device.type == "cpu" and features.dtype == torch.float32
-                and grids.dtype == torch.float32 and not torch.is_grad_enabled() and mvsnet_numba.AVAILABLE):
+                and grids.dtype == torch.float32 and not torch.is_grad_enabled() and mvsnet_numba.AVAILABLE
+                and not torch.compiler.is_compiling()):
             # one compiled pass: all channels of a sample at once from channels-last features, the variance
             # accumulated in the same pass (the same float32 operations); a channels-last volume for the U-Net
             vols = [torch.from_numpy(mvsnet_numba.variance_volume(
@@ -429,6 +430,8 @@ class MVSNetEstimator(DepthEstimator):
         use = resolve_compile(compile, self.device, pays_on_cpu=False)
         self._feature = CompiledCall(self.model.feature, "MVSNet feature net", use)
         self._forward_features = CompiledCall(self.model.forward_features, "MVSNet", use)
+        if self.device.type == "cpu" and mvsnet_numba.AVAILABLE:
+            mvsnet_numba.warm_up()          # compile the variance kernel now (or load it from numba's disk cache)
 
     def _image(self, frame: Frame) -> torch.Tensor:
         """``(1, 3, H, W)`` RGB / 255 float32, C-contiguous (the official eval loader's values)."""

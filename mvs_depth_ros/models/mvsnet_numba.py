@@ -11,11 +11,15 @@ padding, ``align_corners=True``; the one-pass variance of the official code), so
 """
 from __future__ import annotations
 
+import logging
+import time
 from typing import Optional
 
 import numpy as np
 
 from .planesweep_numba import AVAILABLE, _fma32, _run, numba
+
+log = logging.getLogger(__name__)
 
 
 def _variance_kernel(feats, grids, d0, d1, out):  # pragma: no cover - compiled by numba
@@ -122,3 +126,18 @@ def variance_volume(feats: np.ndarray, grids: np.ndarray, threads: int = 1,
     _run([(lambda a, b: (lambda: _variance_kernel(feats, grids, a, b, out)))(bounds[i], bounds[i + 1])
           for i in range(n)], n)
     return out
+
+
+_warm: Optional[float] = None
+
+
+def warm_up() -> float:
+    """Compile (or load from numba's disk cache) the kernel on a tiny input; returns the seconds it took (once)."""
+    global _warm
+    if _warm is None:
+        t0 = time.perf_counter()
+        variance_volume(np.zeros((2, 2, 2, 1), np.float32), np.zeros((1, 1, 2, 2, 2), np.float32))
+        _warm = time.perf_counter() - t0
+        if _warm > 1.0:
+            log.info("compiled the MVSNet variance kernel in %.1f s (cached on disk for the next runs)", _warm)
+    return _warm
