@@ -14,6 +14,7 @@ directory where the package is not writable), so only the first call on a machin
 from __future__ import annotations
 
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Sequence, Tuple
@@ -249,18 +250,21 @@ if AVAILABLE:
 
 def _run(jobs, threads: int) -> None:
     """Run the callables ``jobs`` on up to ``threads`` threads (the kernels release the GIL)."""
-    global _pool
+    global _pool, _pool_pid
     if threads <= 1 or len(jobs) <= 1:
         for j in jobs:
             j()
         return
-    if _pool is None or _pool._max_workers < threads:
-        _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="planesweep")
+    # a new pool after a fork (the parent's worker threads do not exist in the child)
+    if _pool is None or _pool._max_workers < threads or _pool_pid != os.getpid():
+        _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mvs_numba")
+        _pool_pid = os.getpid()
     for f in [_pool.submit(j) for j in jobs]:
         f.result()
 
 
 _pool: Optional[ThreadPoolExecutor] = None
+_pool_pid = 0
 
 
 def scan_rows(cost: np.ndarray, pen: np.ndarray, shifts: Sequence[int], p1: float, threads: int = 1) -> np.ndarray:
