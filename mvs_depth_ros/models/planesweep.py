@@ -373,9 +373,11 @@ def confidence_from_costs(agg: torch.Tensor, idx: torch.Tensor, match_cost: torc
     """
     D = agg.shape[0]
     best = torch.gather(agg, 0, idx[None])[0]
-    planes = torch.arange(D, device=agg.device).reshape(D, 1, 1)
-    far = (planes - idx[None]).abs() > exclude
-    second = torch.where(far, agg, torch.full_like(agg, float("inf"))).amin(0)
+    # the planes within ``exclude`` of the winner set to inf (clamped indices repeat the end planes, which are
+    # within reach then), then the minimum: the same set as a |plane - idx| > exclude mask, two volume passes
+    near = idx[None] + torch.arange(-exclude, exclude + 1, device=agg.device).reshape(-1, 1, 1)
+    masked = agg.clone().scatter_(0, near.clamp(0, D - 1), float("inf"))
+    second = masked.amin(0)
     distinct = torch.where(torch.isfinite(second) & (second > 0), 1.0 - best / second.clamp_min(1e-12),
                            torch.zeros_like(best)).clamp(0.0, 1.0)
     quality = (1.0 - 2.0 * match_cost).clamp(0.0, 1.0)
@@ -421,10 +423,8 @@ def _view_cost(ref: torch.Tensor, ref_mu: torch.Tensor, ref_sigma: torch.Tensor,
                    for K_src, T in zip(K_srcs, T_src_refs)]
         total_np, count_np = planesweep_numba.view_cost(
             ref[0, 0].numpy(), ref_mu[0, 0].numpy(), ref_sigma[0, 0].numpy(), [s[0, 0].numpy() for s in srcs],
-            affines, depths.to(torch.float32).numpy(), window, threads=torch.get_num_threads())
-        total, count = torch.from_numpy(total_np), torch.from_numpy(count_np)
-        cost = torch.where(count > 0, total / count.clamp_min(1.0), torch.full_like(total, neutral))
-        return cost, count
+            affines, depths.to(torch.float32).numpy(), window, threads=torch.get_num_threads(), neutral=neutral)
+        return torch.from_numpy(total_np), torch.from_numpy(count_np)
     total = None
     count = None
     for src, K_src, T in zip(srcs, K_srcs, T_src_refs):

@@ -116,6 +116,22 @@ if AVAILABLE:
     _scan_rows_kernel = numba.njit(cache=True, nogil=True, fastmath=False)(_scan_rows_kernel)
 
 
+def _average_kernel(total, count, neutral, d0, d1):  # pragma: no cover - compiled by numba
+    """Planes ``d0..d1-1``: ``total / count`` where ``count > 0``, else ``neutral`` (in place in ``total``)."""
+    nf = np.float32(neutral)
+    one = np.float32(1.0)
+    for d in range(d0, d1):
+        t = total[d].ravel()
+        c = count[d].ravel()
+        for i in range(t.shape[0]):
+            n = c[i]
+            t[i] = t[i] / (n if n > one else one) if n > 0 else nf
+
+
+if AVAILABLE:
+    _average_kernel = numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")(_average_kernel)
+
+
 def _fma32(x, y, z):  # pragma: no cover - compiled by numba
     """float32 ``x * y + z`` rounded once (as torch's addcmul and grid_sample kernels compute it with FMA
     instructions): the float64 product of two float32 is exact."""
@@ -287,10 +303,11 @@ def scan_rows(cost: np.ndarray, pen: np.ndarray, shifts: Sequence[int], p1: floa
 
 def view_cost(ref: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray, srcs: Sequence[np.ndarray],
               affines: Sequence[Tuple[np.ndarray, np.ndarray]], depths: np.ndarray, window: int, eps: float = 1e-4,
-              threads: int = 1) -> Tuple[np.ndarray, np.ndarray]:
+              threads: int = 1, neutral: Optional[float] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Sum over the views of the ZNCC cost where the view sees the (plane, pixel), and the view count, both
-    ``(D, h, w)`` float32 (the kernel's docstring has the arguments; ``affines``: ``(a, b)`` per view). The
-    planes are split across ``threads`` threads; every plane adds the views in order (same result)."""
+    ``(D, h, w)`` float32 (the kernel's docstring has the arguments; ``affines``: ``(a, b)`` per view). With
+    ``neutral``, the first is the average instead (``neutral`` where no view sees the pixel). The planes are
+    split across ``threads`` threads; every plane adds the views in order (same result)."""
     f = lambda x: np.ascontiguousarray(x, dtype=np.float32)
     ref, ref_mu, ref_sigma, depths = f(ref), f(ref_mu), f(ref_sigma), f(depths)
     srcs = [f(x) for x in srcs]
@@ -305,6 +322,8 @@ def view_cost(ref: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray, srcs: 
         def run():
             for src, (a, b) in zip(srcs, affines):
                 _zncc_view_kernel(ref, ref_mu, ref_sigma, src, a, b, depths, d0, d1, window, float(eps), total, count)
+            if neutral is not None:
+                _average_kernel(total, count, float(neutral), d0, d1)
         return run
 
     _run([job(bounds[i], bounds[i + 1]) for i in range(n)], n)
@@ -323,7 +342,7 @@ def warm_up() -> float:
         scan_rows(cost, np.zeros((2, 2, 2), np.float32), (0,), 0.1)
         img = np.zeros((2, 2), np.float32)
         view_cost(img, img, img, [img], [(np.zeros((2, 2, 3), np.float32), np.ones(3, np.float32))],
-                  np.ones(1, np.float32), 1)
+                  np.ones(1, np.float32), 1, neutral=0.5)
         _warm = time.perf_counter() - t0
         if _warm > 1.0:
             log.info("compiled the plane sweep kernels in %.1f s (cached on disk for the next runs)", _warm)
