@@ -392,9 +392,9 @@ def confidence_from_costs(agg: torch.Tensor, idx: torch.Tensor, match_cost: torc
 @contextlib.contextmanager
 def _one_intra_op_thread(device: torch.device):
     """Run the block with one torch intra-op thread on CPU (restored after). The torch SGM row loop
-    (:func:`sgm_scan_rows`, used on CPU only without numba, under this context) issues ~10 small ops per row (~60k elements each at
-    320x256): splitting each across threads costs a synchronisation per op, which is the larger part of the time
-    with 2 threads, dramatically so on a loaded machine."""
+    (:func:`sgm_scan_rows`, run under this context on CPU only without numba) issues ~10 small ops per row
+    (~60k elements each at 320x256): splitting each across threads costs a synchronisation per op, which is the
+    larger part of the time with 2 threads, dramatically so on a loaded machine."""
     n = torch.get_num_threads()
     if device.type != "cpu" or n <= 1:
         yield
