@@ -172,6 +172,22 @@ def test_compiled_view_cost_matches_torch(window, size, monkeypatch):
     np.testing.assert_allclose(cost.numpy(), cost_t.numpy(), rtol=0, atol=2e-5)
 
 
+@pytest.mark.parametrize("D,exclude", [(64, 2), (5, 2), (3, 2), (4, 0)])
+def test_confidence_second_best_is_the_min_beyond_the_window(D, exclude):
+    from mvs_depth_ros.models.planesweep import confidence_from_costs
+    g = torch.Generator().manual_seed(D)
+    agg = torch.rand(D, 6, 7, generator=g)
+    idx = agg.argmin(0)
+    idx[0, :2] = torch.tensor([0, D - 1])                        # winners at both ends of the range
+    match = torch.rand(6, 7, generator=g) * 0.5
+    far = (torch.arange(D).reshape(D, 1, 1) - idx[None]).abs() > exclude
+    second = torch.where(far, agg, torch.full_like(agg, float("inf"))).amin(0)
+    best = torch.gather(agg, 0, idx[None])[0]
+    distinct = torch.where(torch.isfinite(second), 1.0 - best / second, torch.zeros_like(best)).clamp(0.0, 1.0)
+    expected = distinct * (1.0 - 2.0 * match).clamp(0.0, 1.0).sqrt()
+    assert torch.equal(confidence_from_costs(agg, idx, match, exclude), expected)
+
+
 def test_subplane_refine_recovers_vertex():
     planes = torch.arange(10, dtype=torch.float32).reshape(10, 1, 1)
     vertex = torch.tensor([[3.3, 6.8, 0.2]])
