@@ -457,8 +457,8 @@ class PlaneSweepEstimator(DepthEstimator):
         inv = 1.0 / inverse_depth_planes(self.min_depth, self.max_depth, self.config.n_planes)
         #: inverse depths of the planes, increasing with index (far -> near)
         self._inv_planes = torch.tensor(inv, dtype=torch.float32, device=self.device)
-        if self.config.sgm_paths and self.device.type == "cpu" and planesweep_numba.AVAILABLE:
-            # compile the SGM kernel now (or load it from numba's disk cache: ~0.1 s), not in the first estimate
+        if self.device.type == "cpu" and planesweep_numba.AVAILABLE:
+            # compile the kernels now (or load them from numba's disk cache: ~0.1 s), not in the first estimate
             planesweep_numba.warm_up()
 
     # -- helpers ------------------------------------------------------------------------------------
