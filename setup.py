@@ -36,6 +36,7 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "safetensors>=0.4",
+        "numba>=0.58",
     ],
     extras_require={
         "reconstruction": ["open3d>=0.18"],

@@ -210,3 +210,26 @@ def test_estimator_end_to_end_on_hololens(fx, tmp_path):
 def test_build_requires_checkpoint():
     with pytest.raises(ValueError, match="checkpoint"):
         build(None)
+
+
+def test_compiled_variance_volume_matches_torch(monkeypatch):
+    """The numba variance kernel (CPU) against the torch grid_sample path on grids reaching outside the image
+    (zeros padding) and with non-finite coordinates (z <= 0 is not masked): equal up to float rounding (in
+    practice bit-equal: the same operations in the same order)."""
+    from mvs_depth_ros.models import mvsnet as mv
+    if not mv.mvsnet_numba.AVAILABLE:
+        pytest.skip("numba not installed")
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(1, 3, 8, 9, 11, generator=g)
+    grids = torch.rand(1, 2, 5, 9, 11, 2, generator=g) * 2.6 - 1.3
+    grids[0, 0, 1, 2, 3, 0] = float("nan")
+    grids[0, 1, 2, 4, 5, 1] = float("inf")
+    grids[0, 1, 3, 0, 0] = torch.tensor([-1.0, 1.0])                       # exactly on the image corners
+    model = MVSNet()
+    with torch.inference_mode():
+        got = model.variance_volume(feats, grids)
+        monkeypatch.setattr(mv.mvsnet_numba, "AVAILABLE", False)
+        ref = model.variance_volume(feats, grids)
+    assert got.shape == ref.shape == (1, 8, 5, 9, 11)
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-6, atol=1e-6, equal_nan=True)
+    assert torch.isnan(ref).any()

@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.frame import DepthResult, Frame
+from . import mvsnet_numba
 from .base import DepthEstimator
 from .compiled import CompiledCall, resolve_compile
 from .checkpoints import extract_state_dict, load_checkpoint, load_state_dict_strict
@@ -124,13 +125,20 @@ def _onednn_ok(conv: nn.Conv3d, x: torch.Tensor) -> bool:
             and torch.backends.mkldnn.is_available())
 
 
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """``x`` made dense in its own memory format (channels-last volumes stay channels-last)."""
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return x
+    return x.contiguous()
+
+
 def _conv3d(conv: nn.Conv3d, x: torch.Tensor, weight: Optional[torch.Tensor] = None,
             bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``conv(x)``; on CPU without autograd, oneDNN's kernel is called directly: for the U-Net's smaller volumes
     PyTorch's dispatch picks its reference kernel (``slow_conv3d``), which was 3-17x slower on a 2-vCPU AMD EPYC
     (torch 2.13); the two agree to ~3e-6 (float reassociation). ``weight``/``bias`` replace the conv's own."""
     if _onednn_ok(conv, x):
-        return torch.mkldnn_convolution(x.contiguous(), conv.weight if weight is None else weight,
+        return torch.mkldnn_convolution(_dense(x), conv.weight if weight is None else weight,
                                         conv.bias if bias is None else bias, list(conv.padding), list(conv.stride),
                                         list(conv.dilation), conv.groups)
     return conv(x)
@@ -140,12 +148,40 @@ def _cbr3d(block: ConvBnReLU3D, x: torch.Tensor) -> torch.Tensor:
     """``block(x)``; on the oneDNN path of :func:`_conv3d` the (eval-mode) batch norm is folded into the
     convolution's weights and bias, saving a pass over the volume (same values to float rounding)."""
     bn = block.bn
-    if _onednn_ok(block.conv, x) and not bn.training and bn.running_var is not None and bn.affine:
+    conv = block.conv
+    if _onednn_ok(conv, x) and not bn.training and bn.running_var is not None and bn.affine:
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        weight = block.conv.weight * scale.view(-1, 1, 1, 1, 1)
+        weight = conv.weight * scale.view(-1, 1, 1, 1, 1)
         bias = bn.bias - bn.running_mean * scale
-        return F.relu(_conv3d(block.conv, x, weight, bias), inplace=True)
-    return F.relu(bn(_conv3d(block.conv, x)), inplace=True)
+        if _POINTWISE:
+            # the ReLU as a oneDNN post-op: one pass over the output less (same values)
+            return torch.ops.mkldnn._convolution_pointwise(_dense(x), weight, bias, list(conv.padding),
+                                                           list(conv.stride), list(conv.dilation), conv.groups,
+                                                           "relu", [], "")
+        return F.relu(_conv3d(conv, x, weight, bias), inplace=True)
+    return F.relu(bn(_conv3d(conv, x)), inplace=True)
+
+
+#: oneDNN convolutions with fused post-ops (the ops torch.compile's CPU backend uses) are in this torch build
+_POINTWISE = (hasattr(torch.ops, "mkldnn") and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+              and hasattr(torch.ops.mkldnn, "_convolution_transpose_pointwise"))
+
+
+def _dbr3d(block: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``block(x)`` for :func:`_deconv_bn_relu_3d`; on CPU without autograd one oneDNN transposed convolution with
+    the (eval-mode) batch norm folded into its weights and the ReLU fused (PyTorch's own CPU kernel for it is
+    ``slow_conv_transpose3d``); the same values to float rounding."""
+    deconv, bn = block[0], block[1]
+    if (_POINTWISE and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and torch.backends.mkldnn.is_available() and not bn.training and bn.running_var is not None
+            and bn.affine and deconv.bias is None and isinstance(deconv.padding, tuple)):
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        weight = deconv.weight * scale.view(1, -1, 1, 1, 1)               # (in, out, k, k, k): out is dim 1
+        bias = bn.bias - bn.running_mean * scale
+        return torch.ops.mkldnn._convolution_transpose_pointwise(
+            _dense(x), weight, bias, list(deconv.padding), list(deconv.output_padding), list(deconv.stride),
+            list(deconv.dilation), deconv.groups, "relu", [], "")
+    return block(x)
 
 
 class CostRegNet(nn.Module):
@@ -169,13 +205,17 @@ class CostRegNet(nn.Module):
         self.prob = nn.Conv3d(8, 1, 3, stride=1, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _onednn_ok(self.conv0.conv, x):
+            # oneDNN's 3-D convolutions run channels-last (NDHWC) without reordering every input and output:
+            # the whole U-Net stays channels-last (~1.5x faster per convolution on a 2-vCPU AMD EPYC)
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         conv0 = _cbr3d(self.conv0, x)
         conv2 = _cbr3d(self.conv2, _cbr3d(self.conv1, conv0))
         conv4 = _cbr3d(self.conv4, _cbr3d(self.conv3, conv2))
         x = _cbr3d(self.conv6, _cbr3d(self.conv5, conv4))
-        x = conv4 + self.conv7(x)
-        x = conv2 + self.conv9(x)
-        x = conv0 + self.conv11(x)
+        x = conv4 + _dbr3d(self.conv7, x)
+        x = conv2 + _dbr3d(self.conv9, x)
+        x = conv0 + _dbr3d(self.conv11, x)
         return _conv3d(self.prob, x)
 
 
@@ -252,12 +292,23 @@ class MVSNet(nn.Module):
 
     def variance_volume(self, features: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
         """Variance cost metric. ``features (B, V, C, h, w)`` (reference first), ``grids (B, V-1, D, h, w, 2)``
-        -> ``(B, C, D, h, w)``. One-pass ``E[x^2] - E[x]^2`` in the official op order (float32 exact)."""
+        -> ``(B, C, D, h, w)``. One-pass ``E[x^2] - E[x]^2`` in the official op order (float32 exact). On CPU
+        (``align_corners=True``, no autograd) the compiled kernel :func:`.mvsnet_numba.variance_volume` computes
+        the same values in one pass and returns a channels-last volume."""
         B, V, C, h, w = features.shape
         D = grids.shape[2]
         if V < 2 or grids.shape[1] != V - 1:
             raise ValueError(f"need a reference and >= 1 source with one grid each, "
                              f"got {V} views and {grids.shape[1]} grids")
+        if (self.align_corners and features.device.type == "cpu" and features.dtype == torch.float32
+                and grids.dtype == torch.float32 and not torch.is_grad_enabled() and mvsnet_numba.AVAILABLE
+                and not torch.compiler.is_compiling()):
+            # one compiled pass: all channels of a sample at once from channels-last features, the variance
+            # accumulated in the same pass (the same float32 operations); a channels-last volume for the U-Net
+            vols = [torch.from_numpy(mvsnet_numba.variance_volume(
+                features[b].permute(0, 2, 3, 1).contiguous().numpy(), grids[b].contiguous().numpy(),
+                threads=torch.get_num_threads())) for b in range(B)]                         # (D, h, w, C) each
+            return torch.stack(vols).permute(0, 4, 1, 2, 3)                                # (B, C, D, h, w)
         ref = features[:, 0, :, None]                                                   # (B, C, 1, h, w)
         volume_sum = volume_sq_sum = None
         for s in range(V - 1):
@@ -379,6 +430,8 @@ class MVSNetEstimator(DepthEstimator):
         use = resolve_compile(compile, self.device, pays_on_cpu=False)
         self._feature = CompiledCall(self.model.feature, "MVSNet feature net", use)
         self._forward_features = CompiledCall(self.model.forward_features, "MVSNet", use)
+        if self.device.type == "cpu" and mvsnet_numba.AVAILABLE:
+            mvsnet_numba.warm_up()          # compile the variance kernel now (or load it from numba's disk cache)
 
     def _image(self, frame: Frame) -> torch.Tensor:
         """``(1, 3, H, W)`` RGB / 255 float32, C-contiguous (the official eval loader's values)."""

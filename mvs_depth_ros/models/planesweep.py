@@ -1,6 +1,7 @@
 """Classical multi-view plane sweep: the package's default estimator (no weights).
 
-Algorithm (all tensor ops in torch, so it runs on CPU or CUDA):
+Algorithm (tensor ops in torch, so it runs on CPU or CUDA; on CPU the cost volume and the aggregation run
+compiled numba kernels, :mod:`mvs_depth_ros.models.planesweep_numba`, equal to the torch ops up to float rounding):
 
 1. **Cost volume** at ``cost_scale`` of the working resolution (half by default): fronto-parallel planes
    uniform in inverse depth (:func:`mvs_depth_ros.core.geometry.inverse_depth_planes`), each measurement
@@ -8,9 +9,12 @@ Algorithm (all tensor ops in torch, so it runs on CPU or CUDA):
    reference by windowed ZNCC computed with box filters (:func:`zncc_cost`). Samples that project outside a
    measurement image (or behind it) are left out of the per-view average; a pixel no view sees at a plane
    gets a neutral cost, and a pixel no view sees at any plane is invalid (NaN). Pixels whose reference
-   window has no texture get the neutral cost everywhere (flat curve -> low confidence).
-2. **Semi-global aggregation** (:func:`sgm_aggregate`) along 8 (or 4) scanline directions; one Python
-   loop step handles a whole row for all downward and upward passes at once (:func:`sgm_scan_rows`).
+   window has no texture get the neutral cost everywhere (flat curve -> low confidence). On CPU the warp and
+   the ZNCC run fused, plane by plane, the planes split across the torch threads (no ``(D, h, w)`` temporaries).
+2. **Semi-global aggregation** (:func:`sgm_aggregate`) along 8 (or 4) scanline directions: on CPU a compiled
+   kernel (the same float32 operations in the same order, downward and upward passes on two threads);
+   elsewhere (or without numba) torch, one Python loop step per row for all downward and upward passes at
+   once (:func:`sgm_scan_rows`, the reference).
 3. **Winner and sub-plane refinement**: winner-take-all on the aggregated cost, parabola fit in plane
    index, i.e. in inverse depth, the planes being uniform in it (:func:`subplane_refine`, equiangular
    fit by default).
@@ -36,6 +40,7 @@ import torch.nn.functional as F
 
 from ..core.frame import DepthResult, Frame, scale_intrinsics
 from ..core.geometry import inverse_depth_planes
+from . import planesweep_numba
 from .base import DepthEstimator
 
 # ----------------------------------------------------------------------------------------------------
@@ -127,7 +132,25 @@ def plane_sweep_grid(K_ref: torch.Tensor, K_src: torch.Tensor, T_src_ref: torch.
         grid ``(D, H, W, 2)`` normalised for ``grid_sample(align_corners=True)`` and valid ``(D, H, W)`` bool
         (in front of the source camera and inside its image).
     """
-    dev, dt = depths.device, torch.float32
+    dt = torch.float32
+    a, b = _sweep_affine(K_ref, K_src, T_src_ref, height, width, depths.device)
+    d = depths.to(dt)
+    d = d.reshape(-1, 1, 1, 1) if d.ndim == 1 else d[..., None]                           # (D, H|1, W|1, 1)
+    proj = torch.addcmul(b, d, a)                                                         # (D, H, W, 3)
+    z = proj[..., 2:]
+    valid = z[..., 0] > 1e-6
+    grid = proj[..., :2] / z.clamp_min(1e-6)
+    # invalid samples are masked by the caller; clamping keeps them finite for grid_sample
+    grid.clamp_(-2.0, 2.0)
+    valid &= grid.abs().amax(-1) <= 1.0
+    return grid, valid
+
+
+def _sweep_affine(K_ref: torch.Tensor, K_src: torch.Tensor, T_src_ref: torch.Tensor, height: int, width: int,
+                  device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``a (H, W, 3)`` and ``b (3,)`` float32 of :func:`plane_sweep_grid`: the homogeneous normalised source
+    coordinates of reference pixel ``(u, v)`` on the plane at depth ``d`` are ``b + d * a[v, u]``."""
+    dev, dt = device, torch.float32
     # fold the pixel -> grid_sample normalisation into the source intrinsics (affine, so it commutes
     # with the perspective division)
     norm = torch.tensor([[2.0 / max(width - 1, 1), 0.0, -1.0], [0.0, 2.0 / max(height - 1, 1), -1.0],
@@ -139,16 +162,7 @@ def plane_sweep_grid(K_ref: torch.Tensor, K_src: torch.Tensor, T_src_ref: torch.
     pix = torch.stack([u, v, torch.ones_like(u)], -1)                                     # (H, W, 3)
     a = pix @ M.T                                                                         # (H, W, 3)
     b = (KN @ T_src_ref[:3, 3]).to(dt)                                                    # (3,)
-    d = depths.to(dt)
-    d = d.reshape(-1, 1, 1, 1) if d.ndim == 1 else d[..., None]                           # (D, H|1, W|1, 1)
-    proj = torch.addcmul(b, d, a)                                                         # (D, H, W, 3)
-    z = proj[..., 2:]
-    valid = z[..., 0] > 1e-6
-    grid = proj[..., :2] / z.clamp_min(1e-6)
-    # invalid samples are masked by the caller; clamping keeps them finite for grid_sample
-    grid.clamp_(-2.0, 2.0)
-    valid &= grid.abs().amax(-1) <= 1.0
-    return grid, valid
+    return a, b
 
 
 def warp_planes(src: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
@@ -296,9 +310,25 @@ def sgm_aggregate(cost: torch.Tensor, gray: torch.Tensor, p1: float, p2: float, 
     """
     if paths not in (4, 8):
         raise ValueError(f"paths must be 4 or 8, got {paths}")
-    rows = sgm_scan_rows(cost, gray, (0, 1, -1) if paths == 8 else (0,), p1, p2, p2_edge)
-    cols = sgm_scan_rows(cost.transpose(1, 2).contiguous(), gray.t().contiguous(), (0,), p1, p2, p2_edge)
+    scan = _sgm_scan_rows_compiled if _use_compiled_sgm(cost) else sgm_scan_rows
+    rows = scan(cost, gray, (0, 1, -1) if paths == 8 else (0,), p1, p2, p2_edge)
+    cols = scan(cost.transpose(1, 2).contiguous(), gray.t().contiguous(), (0,), p1, p2, p2_edge)
     return rows.add_(cols.transpose(1, 2))
+
+
+def _use_compiled_sgm(cost: torch.Tensor) -> bool:
+    """The compiled kernel (:mod:`.planesweep_numba`) runs float32 CPU volumes; the torch scan the rest (CUDA)."""
+    return cost.device.type == "cpu" and cost.dtype == torch.float32 and planesweep_numba.AVAILABLE
+
+
+def _sgm_scan_rows_compiled(cost: torch.Tensor, gray: torch.Tensor, shifts: Sequence[int], p1: float, p2: float,
+                            p2_edge: float) -> torch.Tensor:
+    """:func:`sgm_scan_rows` by the compiled CPU kernel (same float32 operations in the same order)."""
+    pen = [_edge_penalty(gray, 1, sh, p2, p2_edge) for sh in shifts]
+    pen += [_edge_penalty(gray, -1, sh, p2, p2_edge) for sh in shifts]
+    out = planesweep_numba.scan_rows(cost.detach().numpy(), torch.stack(pen).numpy(), shifts, p1,
+                                     threads=torch.get_num_threads())
+    return torch.from_numpy(out)
 
 
 def subplane_refine(cost: torch.Tensor, idx: torch.Tensor, fit: str = "parabola") -> torch.Tensor:
@@ -345,9 +375,11 @@ def confidence_from_costs(agg: torch.Tensor, idx: torch.Tensor, match_cost: torc
     """
     D = agg.shape[0]
     best = torch.gather(agg, 0, idx[None])[0]
-    planes = torch.arange(D, device=agg.device).reshape(D, 1, 1)
-    far = (planes - idx[None]).abs() > exclude
-    second = torch.where(far, agg, torch.full_like(agg, float("inf"))).amin(0)
+    # the planes within ``exclude`` of the winner set to inf (clamped indices repeat the end planes, which are
+    # within reach then), then the minimum: the same set as a |plane - idx| > exclude mask, two volume passes
+    near = idx[None] + torch.arange(-exclude, exclude + 1, device=agg.device).reshape(-1, 1, 1)
+    masked = agg.clone().scatter_(0, near.clamp(0, D - 1), float("inf"))
+    second = masked.amin(0)
     distinct = torch.where(torch.isfinite(second) & (second > 0), 1.0 - best / second.clamp_min(1e-12),
                            torch.zeros_like(best)).clamp(0.0, 1.0)
     quality = (1.0 - 2.0 * match_cost).clamp(0.0, 1.0)
@@ -361,9 +393,10 @@ def confidence_from_costs(agg: torch.Tensor, idx: torch.Tensor, match_cost: torc
 
 @contextlib.contextmanager
 def _one_intra_op_thread(device: torch.device):
-    """Run the block with one torch intra-op thread on CPU (restored after). The SGM row loop issues ~10 small
-    ops per row (~60k elements each at 320x256): splitting each across threads costs a synchronisation per op,
-    which is the larger part of the time with 2 threads, dramatically so on a loaded machine."""
+    """Run the block with one torch intra-op thread on CPU (restored after). The torch SGM row loop
+    (:func:`sgm_scan_rows`, run under this context on CPU only without numba) issues ~10 small ops per row
+    (~60k elements each at 320x256): splitting each across threads costs a synchronisation per op, which is the
+    larger part of the time with 2 threads, dramatically so on a loaded machine."""
     n = torch.get_num_threads()
     if device.type != "cpu" or n <= 1:
         yield
@@ -380,9 +413,20 @@ def _view_cost(ref: torch.Tensor, ref_mu: torch.Tensor, ref_sigma: torch.Tensor,
                depths: torch.Tensor, window: int, neutral: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """Matching cost averaged over the views that see each (plane, pixel).
 
-    Returns cost ``(D, H, W)`` (neutral where no view sees it) and the view count ``(D, H, W)``.
+    Returns cost ``(D, H, W)`` (neutral where no view sees it) and the view count ``(D, H, W)``. On CPU the
+    fused kernel :func:`.planesweep_numba.view_cost`; elsewhere :func:`plane_sweep_grid`, :func:`warp_planes`
+    and :func:`zncc_cost`.
     """
     _, _, H, W = ref.shape
+    if (ref.device.type == "cpu" and ref.dtype == torch.float32 and planesweep_numba.AVAILABLE
+            and H > window // 2 and W > window // 2):
+        # fused warp + ZNCC, plane by plane (:mod:`.planesweep_numba`)
+        affines = [tuple(t.numpy() for t in _sweep_affine(K_ref, K_src, T, H, W, ref.device))
+                   for K_src, T in zip(K_srcs, T_src_refs)]
+        total_np, count_np = planesweep_numba.view_cost(
+            ref[0, 0].numpy(), ref_mu[0, 0].numpy(), ref_sigma[0, 0].numpy(), [s[0, 0].numpy() for s in srcs],
+            affines, depths.to(torch.float32).numpy(), window, threads=torch.get_num_threads(), neutral=neutral)
+        return torch.from_numpy(total_np), torch.from_numpy(count_np)
     total = None
     count = None
     for src, K_src, T in zip(srcs, K_srcs, T_src_refs):
@@ -418,6 +462,9 @@ class PlaneSweepEstimator(DepthEstimator):
         inv = 1.0 / inverse_depth_planes(self.min_depth, self.max_depth, self.config.n_planes)
         #: inverse depths of the planes, increasing with index (far -> near)
         self._inv_planes = torch.tensor(inv, dtype=torch.float32, device=self.device)
+        if self.device.type == "cpu" and planesweep_numba.AVAILABLE:
+            # compile the kernels now (or load them from numba's disk cache: ~0.1 s), not in the first estimate
+            planesweep_numba.warm_up()
 
     # -- helpers ------------------------------------------------------------------------------------
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
@@ -496,7 +543,8 @@ class PlaneSweepEstimator(DepthEstimator):
 
         # 2. aggregation
         if cfg.sgm_paths:
-            with _one_intra_op_thread(cost.device):
+            # (the compiled kernel runs the downward and upward passes on the torch threads itself)
+            with contextlib.nullcontext() if _use_compiled_sgm(cost) else _one_intra_op_thread(cost.device):
                 agg = sgm_aggregate(cost, ref_c[0, 0], cfg.p1, cfg.p2, cfg.p2_edge, cfg.sgm_paths)
             agg = agg / cfg.sgm_paths
         else:
