@@ -35,7 +35,8 @@ from ..core.frame import DepthResult, Frame
 from .base import DepthEstimator
 from .compiled import CompiledCall, resolve_compile
 from .checkpoints import extract_state_dict, load_checkpoint, load_state_dict_strict
-from .mvs_common import ConvBnReLU, ConvBnReLU3D, LRUCache, check_frames, normalize_and_resize, world_to_camera
+from .mvs_common import (ConvBnReLU, ConvBnReLU3D, LRUCache, check_frames, conv3d_fast, conv_bn_relu_3d,
+                         normalize_and_resize, world_to_camera)
 from .warping import project_depth_hypotheses, relative_projection
 
 log = logging.getLogger(__name__)
@@ -118,36 +119,6 @@ class FeatureNet(nn.Module):
         return self.feature(x)
 
 
-def _onednn_ok(conv: nn.Conv3d, x: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
-            and torch.backends.mkldnn.is_available())
-
-
-def _conv3d(conv: nn.Conv3d, x: torch.Tensor, weight: Optional[torch.Tensor] = None,
-            bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``conv(x)``; on CPU without autograd, oneDNN's kernel is called directly: for the U-Net's smaller volumes
-    PyTorch's dispatch picks its reference kernel (``slow_conv3d``), which was 3-17x slower on a 2-vCPU AMD EPYC
-    (torch 2.13); the two agree to ~3e-6 (float reassociation). ``weight``/``bias`` replace the conv's own."""
-    if _onednn_ok(conv, x):
-        return torch.mkldnn_convolution(x.contiguous(), conv.weight if weight is None else weight,
-                                        conv.bias if bias is None else bias, list(conv.padding), list(conv.stride),
-                                        list(conv.dilation), conv.groups)
-    return conv(x)
-
-
-def _cbr3d(block: ConvBnReLU3D, x: torch.Tensor) -> torch.Tensor:
-    """``block(x)``; on the oneDNN path of :func:`_conv3d` the (eval-mode) batch norm is folded into the
-    convolution's weights and bias, saving a pass over the volume (same values to float rounding)."""
-    bn = block.bn
-    if _onednn_ok(block.conv, x) and not bn.training and bn.running_var is not None and bn.affine:
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        weight = block.conv.weight * scale.view(-1, 1, 1, 1, 1)
-        bias = bn.bias - bn.running_mean * scale
-        return F.relu(_conv3d(block.conv, x, weight, bias), inplace=True)
-    return F.relu(bn(_conv3d(block.conv, x)), inplace=True)
-
-
 class CostRegNet(nn.Module):
     """3-D U-Net: ``(B, 32, D, h, w)`` cost volume -> ``(B, 1, D, h, w)`` logits. ``D, h, w`` divisible by 8.
 
@@ -169,14 +140,14 @@ class CostRegNet(nn.Module):
         self.prob = nn.Conv3d(8, 1, 3, stride=1, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv0 = _cbr3d(self.conv0, x)
-        conv2 = _cbr3d(self.conv2, _cbr3d(self.conv1, conv0))
-        conv4 = _cbr3d(self.conv4, _cbr3d(self.conv3, conv2))
-        x = _cbr3d(self.conv6, _cbr3d(self.conv5, conv4))
+        conv0 = conv_bn_relu_3d(self.conv0, x)
+        conv2 = conv_bn_relu_3d(self.conv2, conv_bn_relu_3d(self.conv1, conv0))
+        conv4 = conv_bn_relu_3d(self.conv4, conv_bn_relu_3d(self.conv3, conv2))
+        x = conv_bn_relu_3d(self.conv6, conv_bn_relu_3d(self.conv5, conv4))
         x = conv4 + self.conv7(x)
         x = conv2 + self.conv9(x)
         x = conv0 + self.conv11(x)
-        return _conv3d(self.prob, x)
+        return conv3d_fast(self.prob, x)
 
 
 class RefineNet(nn.Module):
