@@ -36,7 +36,8 @@ from . import mvsnet_numba
 from .base import DepthEstimator
 from .compiled import CompiledCall, resolve_compile
 from .checkpoints import extract_state_dict, load_checkpoint, load_state_dict_strict
-from .mvs_common import ConvBnReLU, ConvBnReLU3D, LRUCache, check_frames, normalize_and_resize, world_to_camera
+from .mvs_common import (ConvBnReLU, ConvBnReLU3D, LRUCache, check_frames, conv3d_fast, conv_bn_relu_3d,
+                         deconv_bn_relu_3d, normalize_and_resize, onednn_ok, world_to_camera)
 from .warping import project_depth_hypotheses, relative_projection
 
 log = logging.getLogger(__name__)
@@ -119,71 +120,6 @@ class FeatureNet(nn.Module):
         return self.feature(x)
 
 
-def _onednn_ok(conv: nn.Conv3d, x: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
-            and torch.backends.mkldnn.is_available())
-
-
-def _dense(x: torch.Tensor) -> torch.Tensor:
-    """``x`` made dense in its own memory format (channels-last volumes stay channels-last)."""
-    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
-        return x
-    return x.contiguous()
-
-
-def _conv3d(conv: nn.Conv3d, x: torch.Tensor, weight: Optional[torch.Tensor] = None,
-            bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``conv(x)``; on CPU without autograd, oneDNN's kernel is called directly: for the U-Net's smaller volumes
-    PyTorch's dispatch picks its reference kernel (``slow_conv3d``), which was 3-17x slower on a 2-vCPU AMD EPYC
-    (torch 2.13); the two agree to ~3e-6 (float reassociation). ``weight``/``bias`` replace the conv's own."""
-    if _onednn_ok(conv, x):
-        return torch.mkldnn_convolution(_dense(x), conv.weight if weight is None else weight,
-                                        conv.bias if bias is None else bias, list(conv.padding), list(conv.stride),
-                                        list(conv.dilation), conv.groups)
-    return conv(x)
-
-
-def _cbr3d(block: ConvBnReLU3D, x: torch.Tensor) -> torch.Tensor:
-    """``block(x)``; on the oneDNN path of :func:`_conv3d` the (eval-mode) batch norm is folded into the
-    convolution's weights and bias, saving a pass over the volume (same values to float rounding)."""
-    bn = block.bn
-    conv = block.conv
-    if _onednn_ok(conv, x) and not bn.training and bn.running_var is not None and bn.affine:
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        weight = conv.weight * scale.view(-1, 1, 1, 1, 1)
-        bias = bn.bias - bn.running_mean * scale
-        if _POINTWISE:
-            # the ReLU as a oneDNN post-op: one pass over the output less (same values)
-            return torch.ops.mkldnn._convolution_pointwise(_dense(x), weight, bias, list(conv.padding),
-                                                           list(conv.stride), list(conv.dilation), conv.groups,
-                                                           "relu", [], "")
-        return F.relu(_conv3d(conv, x, weight, bias), inplace=True)
-    return F.relu(bn(_conv3d(conv, x)), inplace=True)
-
-
-#: oneDNN convolutions with fused post-ops (the ops torch.compile's CPU backend uses) are in this torch build
-_POINTWISE = (hasattr(torch.ops, "mkldnn") and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-              and hasattr(torch.ops.mkldnn, "_convolution_transpose_pointwise"))
-
-
-def _dbr3d(block: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """``block(x)`` for :func:`_deconv_bn_relu_3d`; on CPU without autograd one oneDNN transposed convolution with
-    the (eval-mode) batch norm folded into its weights and the ReLU fused (PyTorch's own CPU kernel for it is
-    ``slow_conv_transpose3d``); the same values to float rounding."""
-    deconv, bn = block[0], block[1]
-    if (_POINTWISE and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and torch.backends.mkldnn.is_available() and not bn.training and bn.running_var is not None
-            and bn.affine and deconv.bias is None and isinstance(deconv.padding, tuple)):
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        weight = deconv.weight * scale.view(1, -1, 1, 1, 1)               # (in, out, k, k, k): out is dim 1
-        bias = bn.bias - bn.running_mean * scale
-        return torch.ops.mkldnn._convolution_transpose_pointwise(
-            _dense(x), weight, bias, list(deconv.padding), list(deconv.output_padding), list(deconv.stride),
-            list(deconv.dilation), deconv.groups, "relu", [], "")
-    return block(x)
-
-
 class CostRegNet(nn.Module):
     """3-D U-Net: ``(B, 32, D, h, w)`` cost volume -> ``(B, 1, D, h, w)`` logits. ``D, h, w`` divisible by 8.
 
@@ -205,18 +141,18 @@ class CostRegNet(nn.Module):
         self.prob = nn.Conv3d(8, 1, 3, stride=1, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _onednn_ok(self.conv0.conv, x):
+        if onednn_ok(self.conv0.conv, x):
             # oneDNN's 3-D convolutions run channels-last (NDHWC) without reordering every input and output:
             # the whole U-Net stays channels-last (~1.5x faster per convolution on a 2-vCPU AMD EPYC)
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        conv0 = _cbr3d(self.conv0, x)
-        conv2 = _cbr3d(self.conv2, _cbr3d(self.conv1, conv0))
-        conv4 = _cbr3d(self.conv4, _cbr3d(self.conv3, conv2))
-        x = _cbr3d(self.conv6, _cbr3d(self.conv5, conv4))
-        x = conv4 + _dbr3d(self.conv7, x)
-        x = conv2 + _dbr3d(self.conv9, x)
-        x = conv0 + _dbr3d(self.conv11, x)
-        return _conv3d(self.prob, x)
+        conv0 = conv_bn_relu_3d(self.conv0, x)
+        conv2 = conv_bn_relu_3d(self.conv2, conv_bn_relu_3d(self.conv1, conv0))
+        conv4 = conv_bn_relu_3d(self.conv4, conv_bn_relu_3d(self.conv3, conv2))
+        x = conv_bn_relu_3d(self.conv6, conv_bn_relu_3d(self.conv5, conv4))
+        x = conv4 + deconv_bn_relu_3d(self.conv7[0], self.conv7[1], x)
+        x = conv2 + deconv_bn_relu_3d(self.conv9[0], self.conv9[1], x)
+        x = conv0 + deconv_bn_relu_3d(self.conv11[0], self.conv11[1], x)
+        return conv3d_fast(self.prob, x)
 
 
 class RefineNet(nn.Module):

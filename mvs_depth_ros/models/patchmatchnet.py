@@ -30,10 +30,9 @@ import torch.nn.functional as F
 from ..core.frame import DepthResult, Frame
 from .base import DepthEstimator
 from .compiled import CompiledCall, resolve_compile
-from .mvs_common import (ConvBnReLU, ConvBnReLU3D, LRUCache, check_frames, image_tensor, load_official_weights,
-                         network_image, world_to_camera)
-from .warping import group_correlation, project_depth_hypotheses, relative_projection, rotate_pixel_grid, \
-    sample_source
+from .mvs_common import (ConvBnReLU, ConvBnReLU3D, LRUCache, check_frames, conv3d_fast, conv_bn_relu_3d,
+                         image_tensor, load_official_weights, network_image, world_to_camera)
+from .warping import project_depth_hypotheses, relative_projection, rotate_pixel_grid, stack_views, warp_correlation
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +116,8 @@ class PixelwiseNet(nn.Module):
         self.conv2 = nn.Conv3d(8, 1, kernel_size=1, stride=1, padding=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.max(torch.sigmoid(self.conv2(self.conv1(self.conv0(x))).squeeze(1)), dim=1)[0].unsqueeze(1)
+        x = conv3d_fast(self.conv2, conv_bn_relu_3d(self.conv1, conv_bn_relu_3d(self.conv0, x)))
+        return torch.max(torch.sigmoid(x.squeeze(1)), dim=1)[0].unsqueeze(1)
 
 
 class SimilarityNet(nn.Module):
@@ -133,8 +133,9 @@ class SimilarityNet(nn.Module):
     def forward(self, x: torch.Tensor, grid: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         b, _, d, h, w = x.shape
         k = grid.shape[1] // h
-        x = F.grid_sample(self.similarity(self.conv1(self.conv0(x))).squeeze(1), grid, mode="bilinear",
-                          padding_mode="border", align_corners=False).view(b, d, k, h, w)
+        x = conv3d_fast(self.similarity, conv_bn_relu_3d(self.conv1, conv_bn_relu_3d(self.conv0, x)))
+        x = F.grid_sample(x.squeeze(1), grid, mode="bilinear", padding_mode="border",
+                          align_corners=False).view(b, d, k, h, w)
         return torch.sum(x * weight, dim=2)
 
 
@@ -154,7 +155,8 @@ class FeatureWeightNet(nn.Module):
         x = F.grid_sample(ref_feature, grid, mode="bilinear", padding_mode="border", align_corners=False)
         x = x.view(b, self.G, c // self.G, self.neighbors, h, w)
         x = (x * ref_feature.view(b, self.G, c // self.G, h, w).unsqueeze(3)).mean(2)
-        return torch.sigmoid(self.similarity(self.conv1(self.conv0(x))).squeeze(1))
+        x = conv3d_fast(self.similarity, conv_bn_relu_3d(self.conv1, conv_bn_relu_3d(self.conv0, x)))
+        return torch.sigmoid(x.squeeze(1))
 
 
 class Evaluation(nn.Module):
@@ -201,6 +203,9 @@ def _neighbour_offsets(kind: str, n: int, dilation: int) -> List[Tuple[int, int]
 class PatchMatch(nn.Module):
     """One PatchMatch stage (official parameter names: ``propa_conv``, ``eval_conv``, ``evaluation``,
     ``feature_weight_net``)."""
+
+    #: hypotheses warped per ``grid_sample`` call in the evaluation (:func:`~.warping.warp_correlation`)
+    planes_per_call: int = 8
 
     def __init__(self, propagation_out_range: int = 2, patchmatch_iteration: int = 2, patchmatch_num_sample: int = 16,
                  patchmatch_interval_scale: float = 0.025, num_feature: int = 64, G: int = 8,
@@ -301,12 +306,19 @@ class PatchMatch(nn.Module):
         weight_sum = 1e-5 * torch.ones((b, 1, 1, h, w), dtype=torch.float32, device=ref_feature.device)
         sim_sum = torch.zeros((b, self.G, d, h, w), dtype=torch.float32, device=ref_feature.device)
         computed = []
-        for v, src in enumerate(src_features):
-            with torch.no_grad():
-                g = project_depth_hypotheses(rels[v], samples, src.shape[2:], min_z=1e-3, rot_xyz=rots[v])
-            sim = group_correlation(sample_source(src, g, d, h, w), ref_feature, self.G)
+        with torch.no_grad():
+            grids = [project_depth_hypotheses(rels[v], samples, src.shape[2:], min_z=1e-3, rot_xyz=rots[v])
+                     for v, src in enumerate(src_features)]
+        # all source views in one batch (grid_sample samples them in parallel), views outermost
+        n = len(src_features)
+        ref = ref_feature if b == 1 else ref_feature.repeat(n, 1, 1, 1)
+        sims = warp_correlation(stack_views(src_features), ref, torch.cat(grids).view(n * b, d, h, w, 2), self.G,
+                                self.planes_per_call)
+        vws = self.evaluation.pixel_wise_net(sims) if view_weights is None else None
+        for v in range(n):
+            sim = sims[v * b:(v + 1) * b]
             if view_weights is None:
-                vw = self.evaluation.pixel_wise_net(sim)
+                vw = vws[v * b:(v + 1) * b]
                 computed.append(vw)
             else:
                 vw = view_weights[:, v:v + 1]

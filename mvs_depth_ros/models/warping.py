@@ -12,11 +12,14 @@ The functions are pure and work on any device and batch size. Warping a ``(B, C,
 for ``D`` hypotheses at ``(H, W)`` reference pixels gives ``(B, C, D, H, W)``. The reference pixel grid
 may differ from the source map's size (IterMVS reads level-1 and level-3 source maps from a level-2
 grid): pass ``grid_scale`` to map a grid pixel ``(x, y)`` to ``(x * sx, y * sy)`` before projection.
+
+:func:`warp_correlation` is the fast "warp + correlate" step of a cost volume (PatchmatchNet, DeepVideoMVS):
+it never holds the whole warped ``(B, C, D, H, W)`` volume.
 """
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -163,3 +166,60 @@ def group_correlation(warped: torch.Tensor, ref: torch.Tensor, groups: int) -> t
     """
     b, c, d, h, w = warped.shape
     return (warped.view(b, groups, c // groups, d, h, w) * ref.view(b, groups, c // groups, 1, h, w)).mean(2)
+
+
+def stack_views(maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``(B, C, H, W)`` maps of several views concatenated along the batch in one channels_last copy, the input
+    :func:`warp_correlation` reads fastest (under autograd or ``torch.compile``: a plain ``torch.cat``)."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling() or maps[0].dim() != 4:
+        return torch.cat(list(maps))
+    first = maps[0]
+    out = torch.empty((sum(m.shape[0] for m in maps),) + tuple(first.shape[1:]), dtype=first.dtype,
+                      device=first.device, memory_format=torch.channels_last)
+    return torch.cat(list(maps), out=out)
+
+
+def warp_correlation(src_fea: torch.Tensor, ref_fea: torch.Tensor, grid: torch.Tensor, groups: int = 1,
+                     planes_per_call: int = 1) -> torch.Tensor:
+    """Group correlation of the reference with the source warped by ``grid``: the values of
+    ``group_correlation(sample_source(src_fea, grid, ...), ref_fea, groups)`` without the warped volume.
+
+    Bilinear reads, zeros outside, ``align_corners=True``. Several source views of one reference are best
+    passed as one batch (``N`` = views x batch, ``ref_fea`` with batch 1 broadcast, or repeated; see
+    :func:`stack_views`): on the CPU, ``grid_sample`` runs the items of a batch in parallel but one item on a
+    single thread. Under ``torch.no_grad``/``inference_mode`` the planes are sampled ``planes_per_call`` at a
+    time from a channels_last copy of the source (on a 2-vCPU AMD EPYC, torch 2.13, grid_sample read it
+    ~1.2-2x faster, with the same values) and each chunk is multiplied and reduced in place while it is still
+    in cache, into one preallocated volume. With autograd enabled (or under ``torch.compile``) the chunks are
+    computed out of place (differentiable in both feature maps and the grid). Both paths run the same chunks and
+    give the same values; against the unchunked computation they agree to float rounding (the channel sum's
+    order can depend on the chunk's shape: ~1 ulp).
+
+    Args:
+        src_fea: ``(N, C, Hs, Ws)`` source features.
+        ref_fea: ``(N, C, H, W)`` or ``(1, C, H, W)`` reference features (``C`` divisible by ``groups``).
+        grid: ``(N, D, H, W, 2)`` sampling grid in ``[-1, 1]`` (a ``(N, D*H, W, 2)`` grid viewed as such).
+        groups: channel groups ``G``; the correlation is the mean over the ``C / G`` channels of a group.
+        planes_per_call: planes (hypotheses) sampled per ``grid_sample`` call.
+    Returns:
+        ``(N, G, D, H, W)``.
+    """
+    n, d, h, w = grid.shape[:4]
+    c = ref_fea.shape[1]
+    cg = c // groups
+    ref = ref_fea.view(ref_fea.shape[0], groups, cg, 1, h, w)
+    step = max(1, int(planes_per_call))
+    chunks = [(d0, min(d, d0 + step)) for d0 in range(0, d, step)]
+
+    def sample(source, d0, d1):
+        g = grid[:, d0:d1].reshape(n, (d1 - d0) * h, w, 2)
+        out = F.grid_sample(source, g, mode="bilinear", padding_mode="zeros", align_corners=True)
+        return out.view(n, groups, cg, d1 - d0, h, w)
+
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return torch.cat([torch.sum(sample(src_fea, d0, d1) * ref, dim=2) for d0, d1 in chunks], dim=2) / cg
+    source = src_fea.contiguous(memory_format=torch.channels_last)
+    volume = ref_fea.new_empty((n, groups, d, h, w))
+    for d0, d1 in chunks:
+        torch.sum(sample(source, d0, d1).mul_(ref), dim=2, out=volume[:, :, d0:d1])
+    return volume.div_(cg)
