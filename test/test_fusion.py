@@ -354,3 +354,27 @@ def test_sources_splatted_together_equal_each_alone(seq):
         np.testing.assert_array_equal(d[j], d1[0])
         np.testing.assert_array_equal(c[j], c1[0])
         assert np.isfinite(d[j]).mean() > 0.5
+
+
+def test_fusion_runs_single_threaded_and_restores_the_thread_count():
+    """The fusion's many small ops run with one torch intra-op thread (a synchronisation per op costs more than it
+    gains, dramatically on a loaded machine); the caller's setting is restored, also after an error."""
+    import torch
+
+    from mvs_depth_ros.core.threads import one_intra_op_thread, single_threaded
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = []
+        single_threaded(lambda: seen.append(torch.get_num_threads()))()
+        assert seen == [1] and torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError):
+            with one_intra_op_thread():
+                raise RuntimeError("boom")
+        assert torch.get_num_threads() == 2
+        fusion = TemporalFusion(FusionConfig(mode="causal").resolved({}))
+        K = np.array([[50.0, 0, 16], [0, 50.0, 12], [0, 0, 1]])
+        fusion.step(np.full((24, 32), 2.0, np.float32), np.full((24, 32), 0.9, np.float32), K, np.eye(4))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

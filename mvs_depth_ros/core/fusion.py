@@ -60,6 +60,7 @@ import torch
 import torch.nn.functional as F
 
 from .geometry import pose_distance
+from .threads import single_threaded
 
 log = logging.getLogger(__name__)
 
@@ -546,6 +547,7 @@ class TemporalFusion:
         self._shape = None
         self._last = None
 
+    @single_threaded
     def prior(self, K: np.ndarray, T_world_cam: np.ndarray, height: int, width: int
               ) -> Optional[Tuple[np.ndarray, np.ndarray]]:
         """The last keyframe's fused depth and confidence re-projected into a new keyframe (z-buffered, cracks
@@ -569,6 +571,7 @@ class TemporalFusion:
         dist = [pose_distance(T_world_cam, k.T_world_cam)[0] for k in kept]
         return [kept[i] for i in sorted(np.argsort(dist, kind="stable")[: self.config.window])]
 
+    @single_threaded
     def step(self, depth: np.ndarray, confidence: np.ndarray, K: np.ndarray, T_world_cam: np.ndarray) -> FusionOutput:
         """Fuse a new keyframe's prediction with the kept ones, then keep it (its raw prediction)."""
         if self._shape is not None and depth.shape != self._shape:
@@ -589,6 +592,7 @@ class TemporalFusion:
         return out
 
 
+@single_threaded
 def fuse_offline(keyframes: Sequence[KeyframeDepth], config: FusionConfig = FusionConfig()) -> List[FusionOutput]:
     """Non-causal fusion of a recorded sequence: each keyframe with ``window`` neighbours on each side (in
     keyframe order; all keyframes must come from one continuous track)."""

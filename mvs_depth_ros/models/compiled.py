@@ -11,13 +11,13 @@ The option (``compile`` on every learned estimator): ``True`` compiles, ``False`
 eagerly -- ``"auto"`` is kept so that a model measured to pay off from its first minutes could opt in
 (``pays_on_cpu``); none does today. ``MVS_DEPTH_COMPILE=0`` turns ``"auto"`` off everywhere.
 
-Why opt-in: the price is the first call. On a 2-vCPU machine it took 50-75 s (IterMVS, PatchmatchNet) when quiet
-and 4-8 minutes under heavy load (2026-12-07), and torch's on-disk caches did not shorten it much in a second
-process. IterMVS then saves ~90 ms per keyframe there (break-even after ~850 keyframes): worth it in a node that runs
-for hours (``--model-option compile=true``), a loss in a short ``mvs-depth run``, and the node's first depth map
-would arrive minutes late. Compiled outputs also differ from eager ones by float reassociation (a few near-tie
-pixels by > 1 mm), so the node and ``mvs-depth run`` must agree on it for eval-bag to equal offline: both default
-to eager.
+Why opt-in: the price is the first call. On a 2-vCPU machine it took 50-106 s (IterMVS, PatchmatchNet) when quiet
+and 4-8 minutes under heavy load (2026-12-07/08), and torch's on-disk caches did not shorten it much in a second
+process. IterMVS then saves ~40 ms per keyframe over its (since faster) eager code there (README): worth it in a node
+that runs for hours (``--model-option compile=true``, the node's ``model_options``), a loss in a short
+``mvs-depth run``, and the node's first depth map would arrive minutes late; PatchmatchNet compiled is no faster
+than its eager code now. Compiled outputs also differ from eager ones by float reassociation (a few near-tie pixels
+by > 1 mm), so the node and ``mvs-depth run`` must agree on it for eval-bag to equal offline: both default to eager.
 """
 from __future__ import annotations
 

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from ..core.frame import DepthResult, Frame, scale_intrinsics
 from ..core.geometry import inverse_depth_planes
+from ..core.threads import one_intra_op_thread
 from . import planesweep_numba
 from .base import DepthEstimator
 
@@ -391,23 +392,6 @@ def confidence_from_costs(agg: torch.Tensor, idx: torch.Tensor, match_cost: torc
 # ----------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _one_intra_op_thread(device: torch.device):
-    """Run the block with one torch intra-op thread on CPU (restored after). The torch SGM row loop
-    (:func:`sgm_scan_rows`, run under this context on CPU only without numba) issues ~10 small ops per row
-    (~60k elements each at 320x256): splitting each across threads costs a synchronisation per op, which is the
-    larger part of the time with 2 threads, dramatically so on a loaded machine."""
-    n = torch.get_num_threads()
-    if device.type != "cpu" or n <= 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def _view_cost(ref: torch.Tensor, ref_mu: torch.Tensor, ref_sigma: torch.Tensor, srcs: Sequence[torch.Tensor],
                K_ref: torch.Tensor, K_srcs: Sequence[torch.Tensor], T_src_refs: Sequence[torch.Tensor],
                depths: torch.Tensor, window: int, neutral: float) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -544,7 +528,7 @@ class PlaneSweepEstimator(DepthEstimator):
         # 2. aggregation
         if cfg.sgm_paths:
             # (the compiled kernel runs the downward and upward passes on the torch threads itself)
-            with contextlib.nullcontext() if _use_compiled_sgm(cost) else _one_intra_op_thread(cost.device):
+            with contextlib.nullcontext() if _use_compiled_sgm(cost) else one_intra_op_thread(cost.device):
                 agg = sgm_aggregate(cost, ref_c[0, 0], cfg.p1, cfg.p2, cfg.p2_edge, cfg.sgm_paths)
             agg = agg / cfg.sgm_paths
         else:
