@@ -197,7 +197,11 @@ def test_fusion_launch_on_an_rgbd_camera_bag(colcon_ws, rgbd_bag, tmp_path):
         launch = _process(colcon_ws, "ros2_launch_fusion", "ros2 launch mvs_depth_ros fusion.launch.py " + _args(
             image=RGBD_TOPICS.image, camera_info=RGBD_TOPICS.camera_info, model="planesweep", device="cpu",
             world_frame="odom", use_sim_time="true", map="true", params_file=params), tmp_path)
-        player = _player(colcon_ws, bag, tmp_path, [RGBD_TOPICS.image, RGBD_TOPICS.depth_gt], rate=0.5)
+        # camera_info too: only mvs_node subscribes to it, while map_node subscribes to the image as well (for
+        # colour), so the image alone may start the bag before mvs_node listens (its first start on a machine
+        # compiles the plane-sweep kernels: 5.5 s; a CI run got 2 of 12 images that way)
+        player = _player(colcon_ws, bag, tmp_path, [RGBD_TOPICS.image, RGBD_TOPICS.camera_info, RGBD_TOPICS.depth_gt],
+                         rate=0.5)
         return LaunchDescription([launch, player, launch_testing.actions.ReadyToTest()]), {
             "launch": launch, "player": player}
 
