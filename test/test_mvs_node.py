@@ -301,6 +301,11 @@ def test_invalid_parameters_are_rejected_with_a_reason():
         rc = proc.proc.wait(60)
         out = proc.output()
     assert rc == 2 and "device" in out and "one of" in out, out[-2000:]
+    # an estimator option the model does not take: the same, naming it (as `ros2 run ... -p model_options:=...`)
+    with NodeProcess("mvs_depth_ros.ros.mvs_node", dict(device="cpu", model_options="no_such_option=1")) as proc:
+        rc = proc.proc.wait(60)
+        out = proc.output()
+    assert rc == 2 and "model_options" in out and "no_such_option" in out, out[-2000:]
 
 
 def test_model_options_reach_the_estimator():
